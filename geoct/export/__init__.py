@@ -1,0 +1,1 @@
+"""GIS layers from prediction rasters: polygons, styles, STAC items and evaluation."""

@@ -1,0 +1,84 @@
+"""``geoct vectorize``: class polygons from a class raster."""
+
+import argparse
+from pathlib import Path
+
+from .class_raster import classes_option
+from .messages import report_warnings
+from .vectorize import vectorize_raster
+
+
+def default_output(classes_path: Path) -> Path:
+    """Return ``SCENE.polygons.gpkg`` for ``SCENE.classes.tif``, else ``NAME.gpkg``."""
+    stem = classes_path.name.removesuffix(classes_path.suffix)
+    if stem.endswith(".classes"):
+        stem = stem.removesuffix(".classes") + ".polygons"
+    return classes_path.with_name(f"{stem}.gpkg")
+
+
+def parser(prog: str = "geoct vectorize") -> argparse.ArgumentParser:
+    """Return the argument parser of ``geoct vectorize``."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Polygonise a class raster into a styled GeoPackage or GeoJSON layer "
+        "(seamless across processing blocks; nodata is never polygonised).",
+    )
+    p.add_argument("classes", type=Path, help="class raster, e.g. SCENE.classes.tif")
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="output .gpkg (default: SCENE.polygons.gpkg beside the raster) or .geojson "
+        "(RFC 7946, EPSG:4326); styles (.sld, and .qml for GeoJSON) are written beside it",
+    )
+    p.add_argument("--confidence", type=Path, help="confidence raster for mean_confidence")
+    p.add_argument(
+        "--simplify",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="simplification tolerance in map units, topology preserved (default: 0)",
+    )
+    p.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        metavar="M2",
+        help="drop polygons smaller than this area in m² (default: 0)",
+    )
+    p.add_argument(
+        "--classes",
+        dest="class_names",
+        metavar="NAMES",
+        help="classes.json or comma-separated class names (default: read from the raster)",
+    )
+    p.add_argument(
+        "--block-size", type=int, default=1024, help="pixels per block side (default: 1024)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run ``geoct vectorize``; *argv[0]* is the command name.
+
+    Returns:
+        The exit status.
+    """
+    p = parser()
+    args = p.parse_args(argv[1:])
+    if args.simplify < 0 or args.min_area < 0 or args.block_size < 1:
+        p.error("--simplify and --min-area must be >= 0 and --block-size >= 1")
+    output = args.output or default_output(args.classes)
+    with report_warnings():
+        vectorize_raster(
+            args.classes,
+            output,
+            confidence_path=args.confidence,
+            simplify=args.simplify,
+            min_area=args.min_area,
+            classes=classes_option(args.class_names),
+            overwrite=args.overwrite,
+            block_size=args.block_size,
+        )
+    print(output)
+    return 0

@@ -1,0 +1,20 @@
+"""Networks: timm backbones, decoders, segmenter and the patch contrastive loss."""
+
+from .backbone import Backbone, SimplePyramid
+from .contrastive import ContrastiveOutput, PatchContrastiveLoss, patch_class_counts
+from .decoder import UPerNetDecoder
+from .projection import ProjectionHead
+from .segmenter import DECODERS, Segmenter, build_segmenter
+
+__all__ = (
+    "DECODERS",
+    "Backbone",
+    "ContrastiveOutput",
+    "PatchContrastiveLoss",
+    "ProjectionHead",
+    "Segmenter",
+    "SimplePyramid",
+    "UPerNetDecoder",
+    "build_segmenter",
+    "patch_class_counts",
+)

@@ -1,0 +1,1 @@
+"""Streaming, blended, exactly georeferenced prediction of scenes of any size."""

@@ -1,0 +1,266 @@
+"""Reading normalised, reflect-padded windows of a scene and its DSM companion.
+
+A pixel is nodata when the dataset mask of any model band is zero (GDAL's per-band
+masks: nodata value, internal mask or an alpha band that is not a model band), or
+when the DSM is nodata there (or absent after warping). A 4-band byte GeoTIFF often
+flags its fourth band as alpha; when that band is a model band (e.g. IR), it is
+treated as data and only the nodata value, if any, marks nodata. Nodata pixels are set to the band mean (zero after
+normalisation) before they reach the model and get zero blending weight.
+"""
+
+import warnings
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from ..errors import AlignmentError, ConfigError, InputError
+from ..metadata import ModelSpec
+
+#: Relative difference between scene and checkpoint GSD above which a warning is given.
+GSD_TOLERANCE = 0.10
+
+
+def open_raster(path: str | Path) -> rasterio.DatasetReader:
+    """Open *path* with rasterio, turning failures into :class:`InputError`.
+
+    Args:
+        path: A raster file (GeoTIFF, VRT, ...).
+
+    Returns:
+        The open dataset.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError:
+        raise InputError(path, "not a raster GDAL can read") from None
+    if src.crs is None:
+        src.close()
+        raise InputError(path, "raster has no CRS (georeferencing is required)")
+    return src
+
+
+def band_indexes(src: rasterio.DatasetReader, spec: ModelSpec, path: Path) -> list[int]:
+    """Return the 1-based band indexes of the scene that feed the model's optical bands.
+
+    Bands are matched by description when the scene names all of them, else by
+    position, in which case the band count must match.
+
+    Args:
+        src: The open scene.
+        spec: The model's input contract.
+        path: Scene path, for error messages.
+
+    Returns:
+        Band indexes in model order.
+    """
+    wanted = spec.optical_bands
+    names = [d.upper() if d else None for d in src.descriptions]
+    if all(b.upper() in names for b in wanted):
+        return [names.index(b.upper()) + 1 for b in wanted]
+    if src.count == len(wanted) + 1 and src.colorinterp[-1] == ColorInterp.alpha:
+        return list(range(1, len(wanted) + 1))
+    if src.count != len(wanted):
+        raise InputError(
+            path,
+            f"has {src.count} band(s), the checkpoint expects {len(wanted)} ({', '.join(wanted)})",
+        )
+    return list(range(1, len(wanted) + 1))
+
+
+def mask_mode(src: rasterio.io.DatasetReaderBase, indexes: list[int]) -> str:
+    """How nodata is found: ``"none"`` (all valid), ``"masks"`` (GDAL masks) or ``"nodata"``.
+
+    Args:
+        src: The open scene.
+        indexes: Band indexes used by the model.
+
+    Returns:
+        The mode.
+    """
+    alpha = {i for i, ci in enumerate(src.colorinterp, start=1) if ci == ColorInterp.alpha}
+    if alpha & set(indexes):
+        return "none" if src.nodata is None else "nodata"
+    if all(src.mask_flag_enums[i - 1] == [MaskFlags.all_valid] for i in indexes):
+        return "none"
+    return "masks"
+
+
+def open_dsm(path: str | Path, scene: rasterio.DatasetReader, scene_path: Path):
+    """Open a DSM/nDSM on the grid of *scene*, warping it on the fly if needed.
+
+    Args:
+        path: The DSM raster (band 1 is used).
+        scene: The open scene.
+        scene_path: Scene path, for messages.
+
+    Returns:
+        A dataset on exactly the scene grid (the DSM itself or a WarpedVRT).
+    """
+    path = Path(path)
+    dsm = open_raster(path)
+    left, bottom, right, top = transform_bounds(dsm.crs, scene.crs, *dsm.bounds)
+    s = scene.bounds
+    if min(right, s.right) <= max(left, s.left) or min(top, s.top) <= max(bottom, s.bottom):
+        dsm.close()
+        raise AlignmentError(path, f"does not overlap the scene {scene_path.name}")
+    same_grid = (
+        dsm.crs == scene.crs and dsm.transform == scene.transform and dsm.shape == scene.shape
+    )
+    if same_grid:
+        return dsm
+    warnings.warn(
+        f"{path}: not on the grid of {scene_path.name}; warping it to the scene grid (bilinear)",
+        stacklevel=2,
+    )
+    nodata = dsm.nodata if dsm.nodata is not None else -3.0e38
+    return WarpedVRT(
+        dsm,
+        crs=scene.crs,
+        transform=scene.transform,
+        width=scene.width,
+        height=scene.height,
+        resampling=Resampling.bilinear,
+        src_nodata=dsm.nodata,
+        nodata=nodata,
+        dtype="float32",
+    )
+
+
+def gsd_ratio(src: rasterio.DatasetReader, spec: ModelSpec) -> tuple[float, float]:
+    """Return scene pixel size over trained GSD, as ``(rows, cols)``."""
+    return abs(src.transform.e) / spec.gsd, abs(src.transform.a) / spec.gsd
+
+
+def _pad(array: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    if not any(p for pair in pads for p in pair):
+        return array
+    widths = [(0, 0)] * (array.ndim - 2) + list(pads)
+    return np.pad(array, widths, mode="reflect")
+
+
+class SceneReader:
+    """Reads normalised model input windows of one scene (plus DSM) with reflect padding.
+
+    Use from one thread at a time.
+    """
+
+    #: Held during every GDAL read. GDAL's shared block cache may write another
+    #: thread's dirty blocks when it is full, which loses writes; share one lock
+    #: with the writer (see :class:`~geoct.predict.writer.PredictionWriter`).
+    lock: AbstractContextManager = nullcontext()
+
+    def __init__(self, scene: str | Path, spec: ModelSpec, dsm: str | Path | None = None) -> None:
+        """Open and check a scene and its DSM companion.
+
+        Args:
+            scene: Scene raster.
+            spec: The model's input contract.
+            dsm: Height raster, required when ``spec.needs_height``.
+        """
+        self.path = Path(scene)
+        self.spec = spec
+        self.src = open_raster(self.path)
+        self.dsm = None
+        try:
+            self.indexes = band_indexes(self.src, spec, self.path)
+            if spec.needs_height and dsm is None:
+                raise ConfigError(
+                    f"{self.path}: the checkpoint needs a height band ({spec.height_source or 'dsm'}):"
+                    " give it with --dsm"
+                )
+            if dsm is not None and not spec.needs_height:
+                warnings.warn(
+                    f"{dsm}: the checkpoint uses no height band; ignoring --dsm", stacklevel=2
+                )
+            elif dsm is not None:
+                self.dsm = open_dsm(dsm, self.src, self.path)
+        except BaseException:
+            self.close()
+            raise
+        self.mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+        self.inv_std = 1 / np.asarray(spec.std, dtype=np.float32)[:, None, None]
+        self.mask_mode = mask_mode(self.src, self.indexes)
+
+    @property
+    def height(self) -> int:
+        """Scene height in pixels."""
+        return self.src.height
+
+    @property
+    def width(self) -> int:
+        """Scene width in pixels."""
+        return self.src.width
+
+    def read(
+        self, row: int, col: int, height: int, width: int
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Read one window, which may extend past the scene edges.
+
+        Args:
+            row: Top row offset (may be negative).
+            col: Left column offset (may be negative).
+            height: Window height.
+            width: Window width.
+
+        Returns:
+            ``(image, valid)``: the normalised float32 ``(C, height, width)`` input,
+            or ``None`` when the window holds no valid pixel, and the boolean
+            ``(height, width)`` validity mask.
+        """
+        r0, c0 = max(row, 0), max(col, 0)
+        r1, c1 = min(row + height, self.height), min(col + width, self.width)
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        pads = ((r0 - row, row + height - r1), (c0 - col, col + width - c1))
+        with self.lock:
+            data, valid, height_band = self._read_raw(win)
+        if not valid.any():
+            return None, np.zeros((height, width), dtype=bool)
+        image = np.empty((self.spec.in_channels, *data.shape[1:]), dtype=np.float32)
+        image[: len(data)] = data
+        if height_band is not None:
+            image[-1] = height_band
+        image -= self.mean
+        image *= self.inv_std
+        if not valid.all():
+            image[:, ~valid] = 0.0
+        if not np.isfinite(image).all():
+            np.nan_to_num(image, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return _pad(image, pads), _pad(valid, pads)
+
+    def _read_raw(self, win: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Return the optical bands, the validity mask and the height band of a window."""
+        data = self.src.read(self.indexes, window=win)
+        valid = np.ones(data.shape[1:], dtype=bool)
+        if self.mask_mode == "masks":
+            valid &= self.src.read_masks(self.indexes, window=win).all(axis=0)
+        elif self.mask_mode == "nodata":
+            valid &= (data != self.src.nodata).all(axis=0)
+        if self.dsm is None:
+            return data, valid, None
+        valid &= self.dsm.read_masks(1, window=win) > 0
+        return data, valid, self.dsm.read(1, window=win, out_dtype="float32")
+
+    def close(self) -> None:
+        """Close the scene and DSM."""
+        if self.dsm is not None:
+            src = getattr(self.dsm, "src_dataset", None)
+            self.dsm.close()
+            if src is not None:
+                src.close()
+        self.src.close()
+
+    def __enter__(self) -> "SceneReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,274 @@
+"""Writing blended predictions as Cloud Optimized GeoTIFFs.
+
+Final blocks are written with windowed writes to uncompressed tiled GeoTIFFs
+staged in the output folder, then copied to COGs (DEFLATE, 512 px tiles,
+overviews, BigTIFF if needed) under a temporary name and renamed.
+
+Outputs, all uint8 on the scene's exact grid (CRS, transform, shape):
+
+* classes: class id per pixel, nodata 255; palette colour table with the
+  checkpoint's colours; class names as GDAL category names (``.aux.xml``) and
+  in the ``CLASS_NAMES`` tag; ``mode`` overviews.
+* confidence: ``round(255 * max softmax probability)``, nodata 0 (a valid
+  pixel is always >= ``255 / K`` > 0); scale 1/255; ``average`` overviews.
+* probabilities: one band per class, ``round(255 * p)`` (sums to about 255),
+  band descriptions are the class names, nodata in an internal dataset mask
+  (every value 0-255 is a valid probability); ``average`` overviews.
+"""
+
+import contextlib
+import json
+import math
+import uuid
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from ..classes import ClassTable
+from ..export.raster_io import atomic_output
+
+#: Nodata value of the class raster.
+CLASS_NODATA = 255
+
+#: Nodata value of the confidence raster.
+CONFIDENCE_NODATA = 0
+
+#: Smallest overview size: overviews are built until the coarsest is at most this wide.
+MIN_OVERVIEW_SIZE = 256
+
+#: COG creation options shared by every output.
+COG_OPTIONS: dict[str, str] = {
+    "COMPRESS": "DEFLATE",
+    "BLOCKSIZE": "512",
+    "BIGTIFF": "IF_SAFER",
+}
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Files written for one scene.
+
+    Attributes:
+        classes: Class raster.
+        confidence: Confidence raster, if requested.
+        probabilities: Per-class probability raster, if requested.
+    """
+
+    classes: Path
+    confidence: Path | None = None
+    probabilities: Path | None = None
+
+    @classmethod
+    def beside(
+        cls, scene: Path, output: Path | None, confidence: bool, probabilities: bool
+    ) -> "OutputPaths":
+        """Return default paths ``SCENE.classes.tif`` etc., or ones derived from *output*."""
+        classes = output or scene.with_name(f"{scene.stem}.classes.tif")
+        stem = classes.name.removesuffix(".tif").removesuffix(".classes")
+        return cls(
+            classes=classes,
+            confidence=classes.with_name(f"{stem}.confidence.tif") if confidence else None,
+            probabilities=classes.with_name(f"{stem}.probabilities.tif") if probabilities else None,
+        )
+
+    def items(self) -> list[tuple[str, Path]]:
+        """Return ``(kind, path)`` of each requested output."""
+        pairs = [("classes", self.classes), ("confidence", self.confidence)]
+        pairs.append(("probabilities", self.probabilities))
+        return [(k, p) for k, p in pairs if p is not None]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The exact pixel grid of a scene.
+
+    Attributes:
+        crs: Coordinate reference system.
+        transform: Affine pixel-to-CRS transform, copied as is.
+        width: Columns.
+        height: Rows.
+    """
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+
+def overview_count(width: int, height: int) -> int:
+    """Number of 2x overview levels until the coarsest fits :data:`MIN_OVERVIEW_SIZE`."""
+    return max(0, math.ceil(math.log2(max(width, height) / MIN_OVERVIEW_SIZE)))
+
+
+def category_names_xml(names: tuple[str, ...]) -> str:
+    """Return a GDAL PAM document giving band 1 the category names *names*."""
+    cats = "".join(f"      <Category>{escape(n)}</Category>\n" for n in names)
+    return (
+        '<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames>\n'
+        f"{cats}    </CategoryNames>\n  </PAMRasterBand>\n</PAMDataset>\n"
+    )
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 0 of float32 logits."""
+    e = np.exp(logits - logits.max(axis=0, keepdims=True))
+    e /= e.sum(axis=0, keepdims=True)
+    return e
+
+
+def to_uint8(p: np.ndarray) -> np.ndarray:
+    """Scale values in ``[0, 1]`` to rounded uint8."""
+    return np.rint(p * 255.0).astype(np.uint8)
+
+
+class PredictionWriter:
+    """Receives final blocks of blended logits and publishes the output COGs."""
+
+    #: Held during every GDAL write; share it with the reader of the scene (GDAL's
+    #: block cache may flush one thread's dirty blocks from another thread).
+    lock: AbstractContextManager = nullcontext()
+
+    def __init__(
+        self, paths: OutputPaths, grid: Grid, classes: ClassTable, tags: dict[str, Any]
+    ) -> None:
+        """Create the staging GeoTIFFs beside the outputs.
+
+        Args:
+            paths: Output files.
+            grid: Scene grid.
+            classes: Class names and colours.
+            tags: Provenance metadata written into every output.
+        """
+        self.paths = paths
+        self.grid = grid
+        self.classes = classes
+        self.tags = {k: str(v) for k, v in tags.items()}
+        self.stages: dict[str, tuple[Path, rasterio.io.DatasetWriter]] = {}
+        try:
+            for kind, path in paths.items():
+                stage = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.stage.tif")
+                self.stages[kind] = (stage, self._create(kind, stage))
+        except BaseException:
+            self.close()
+            raise
+
+    def _create(self, kind: str, stage: Path) -> rasterio.io.DatasetWriter:
+        k = self.classes.num_classes
+        profile = {
+            "driver": "GTiff",
+            "dtype": "uint8",
+            "count": k if kind == "probabilities" else 1,
+            "crs": self.grid.crs,
+            "transform": self.grid.transform,
+            "width": self.grid.width,
+            "height": self.grid.height,
+            "tiled": True,
+            "blockxsize": 512,
+            "blockysize": 512,
+            "interleave": "pixel",
+            "photometric": "MINISBLACK",
+            "BIGTIFF": "IF_NEEDED",
+            "nodata": {"classes": CLASS_NODATA, "confidence": CONFIDENCE_NODATA}.get(kind),
+        }
+        dst = rasterio.open(stage, "w", **profile)
+        dst.update_tags(**self.tags)
+        names = self.classes.names
+        if kind == "classes":
+            dst.write_colormap(1, self._colormap())
+            dst.set_band_description(1, "class")
+            dst.update_tags(CLASS_NAMES=json.dumps(list(names)))
+            dst.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(names)})
+        elif kind == "confidence":
+            dst.set_band_description(1, "confidence")
+            dst.scales = (1 / 255,)
+        else:
+            for b, name in enumerate(names, start=1):
+                dst.set_band_description(b, name)
+            dst.scales = (1 / 255,) * k
+            dst.update_tags(CLASS_NAMES=json.dumps(list(names)))
+        return dst
+
+    def _colormap(self) -> dict[int, tuple[int, int, int, int]]:
+        cmap = {i: (*c, 255) for i, c in enumerate(self.classes.colors)}
+        cmap[CLASS_NODATA] = (0, 0, 0, 0)
+        return cmap
+
+    def write(self, row: int, col: int, sums: np.ndarray, weights: np.ndarray) -> None:
+        """Finalise and write one block (see :data:`~geoct.predict.accumulator.BlockSink`).
+
+        Args:
+            row: Top row of the block in the scene.
+            col: Left column of the block in the scene.
+            sums: ``(K, h, w)`` weighted logit sums.
+            weights: ``(h, w)`` weight sums; zero marks nodata.
+        """
+        valid = weights > 0
+        classes = sums.argmax(axis=0).astype(np.uint8)
+        classes[~valid] = CLASS_NODATA
+        bands = {"classes": classes}
+        if len(self.stages) > 1:
+            probs = softmax(sums / np.where(valid, weights, 1.0))
+            if "confidence" in self.stages:
+                bands["confidence"] = to_uint8(probs.max(axis=0))
+                bands["confidence"][~valid] = CONFIDENCE_NODATA
+            if "probabilities" in self.stages:
+                bands["probabilities"] = to_uint8(probs)
+        window = Window(col, row, sums.shape[2], sums.shape[1])
+        with self.lock:
+            for kind, (_, dst) in self.stages.items():
+                dst.write(
+                    bands[kind][None] if bands[kind].ndim == 2 else bands[kind], window=window
+                )
+                if kind == "probabilities":
+                    dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+
+    def publish(self, overwrite: bool) -> dict[str, Path]:
+        """Close the staging files and copy each to its output path as a COG.
+
+        Args:
+            overwrite: Whether existing outputs may be replaced.
+
+        Returns:
+            Output kind to written file, including the ``classes_aux`` sidecar.
+        """
+        for _, dst in self.stages.values():
+            dst.close()
+        written = {}
+        levels = str(overview_count(self.grid.width, self.grid.height))
+        resampling = {"classes": "MODE", "confidence": "AVERAGE", "probabilities": "AVERAGE"}
+        for kind, (stage, _) in self.stages.items():
+            path = getattr(self.paths, kind)
+            with atomic_output(path, overwrite) as tmp:
+                rasterio.shutil.copy(
+                    stage,
+                    tmp,
+                    driver="COG",
+                    OVERVIEW_RESAMPLING=resampling[kind],
+                    OVERVIEW_COUNT=levels,
+                    **COG_OPTIONS,
+                )
+                if kind == "classes":
+                    aux = Path(f"{tmp}.aux.xml")
+                    aux.write_text(category_names_xml(self.classes.names))
+            written[kind] = path
+            if kind == "classes":
+                written["classes_aux"] = Path(f"{path}.aux.xml")
+        return written
+
+    def close(self) -> None:
+        """Close and delete the staging files."""
+        for stage, dst in self.stages.values():
+            with contextlib.suppress(Exception):
+                dst.close()
+            for leftover in (stage, Path(f"{stage}.aux.xml"), Path(f"{stage}.msk")):
+                leftover.unlink(missing_ok=True)
+        self.stages = {}
