@@ -75,15 +75,16 @@ def summarise(out: Path, timings: Timings, outputs: dict[str, Path]) -> str:
     lines = [
         "",
         "geoct demo summary",
-        f"  training time      {timings.steps['train']:.0f} s",
-        f"  mIoU               {report['mean_iou']:.3f}",
-        f"  overall accuracy   {report['overall_accuracy']:.3f}",
+        f"  training time            {timings.steps['train']:.0f} s",
+        f"  mIoU                     {report['mean_iou']:.3f}",
+        f"  overall accuracy         {report['overall_accuracy']:.3f}",
     ]
     lines += [
-        f"  IoU {name:<15}{_score(scores['iou'])}" for name, scores in report["per_class"].items()
+        f"  {'IoU ' + name:<25}{_score(scores['iou'])}"
+        for name, scores in report["per_class"].items()
     ]
-    lines.append(f"  prediction speed   {predict_log['megapixels_per_second']:.2f} MP/s")
-    lines += [f"  {kind:<19}{path}" for kind, path in outputs.items()]
+    lines.append(f"  prediction speed         {predict_log['megapixels_per_second']:.2f} MP/s")
+    lines += [f"  {kind:<25}{path}" for kind, path in outputs.items()]
     summary = {
         "seconds": timings.steps,
         "mean_iou": report["mean_iou"],

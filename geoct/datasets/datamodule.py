@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..metadata import HEIGHT_BAND, ModelSpec
 from .augment import normalize, train_augmentation
 from .layout import DatasetInfo, read_dataset_json
-from .potsdam import HeightRaster, ImageRaster, LabelRaster, concat_images
+from .potsdam import AlignedRasterDataset, HeightRaster, ImageRaster, LabelRaster, concat_images
 
 
 class TileGriddedPatchSampler(GriddedPatchSampler):
@@ -202,6 +202,12 @@ class PotsdamDataModule(GeoDataModule):
             self.test_dataset = self.build_dataset(self.splits.get("test", []))
             self.test_sampler = TileGriddedPatchSampler(self.test_dataset, size=self.patch_size)
 
+    def teardown(self, stage: str) -> None:
+        """Close the file handles of every dataset once *stage* is over."""
+        for dataset in (self.train_dataset, self.val_dataset, self.test_dataset):
+            for part in _leaves(dataset):
+                part.close()
+
     def _dataloader_factory(self, split: str) -> DataLoader[Sample]:
         """TorchGeo's loader factory, but keeping the last partial training batch."""
         loader = super()._dataloader_factory(split)
@@ -211,3 +217,11 @@ class PotsdamDataModule(GeoDataModule):
                 f"than batch_size {self.batch_size}"
             )
         return loader
+
+
+def _leaves(dataset: GeoDataset | None) -> Iterator[AlignedRasterDataset]:
+    """The file-reading datasets inside *dataset* (which may be an intersection)."""
+    if isinstance(dataset, AlignedRasterDataset):
+        yield dataset
+    for child in getattr(dataset, "datasets", ()):
+        yield from _leaves(child)

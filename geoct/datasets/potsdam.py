@@ -87,6 +87,12 @@ class AlignedRasterDataset(RasterDataset):
         state["_layout_key"] = None
         return state
 
+    def close(self) -> None:
+        """Close the file handles kept open between reads (reads reopen them)."""
+        for src in self._handles.values():
+            src.close()
+        self._handles = {}
+
     @property
     def crs(self) -> pyproj.CRS:
         """CRS of the dataset (see :attr:`RasterDataset.crs`)."""

@@ -182,6 +182,7 @@ class PatchContrastiveLoss(nn.Module):
         self.clip = clip
         self.min_positives = min_positives
         self.min_negatives = min_negatives
+        self._generator: torch.Generator | None = None
 
     def forward(
         self, features: Sequence[Tensor], logits: Tensor, mask: Tensor
@@ -231,6 +232,18 @@ class PatchContrastiveLoss(nn.Module):
             return ContrastiveOutput(raw, raw, raw.new_zeros(()), n_valid)
         return ContrastiveOutput(raw.clamp(0.0, self.clip), raw, (raw > self.clip).float(), n_valid)
 
+    def random_like(self, x: Tensor) -> Tensor:
+        """Uniform random numbers shaped like *x*, from the loss's own generator.
+
+        The generator is seeded from :func:`torch.initial_seed` on first use, so
+        negative sampling is reproducible under ``seed_everything`` without shifting
+        the global random stream that augmentation draws from: a run with the term on
+        sees the same augmented patches as the same run with it off.
+        """
+        if self._generator is None or self._generator.device != x.device:
+            self._generator = torch.Generator(x.device).manual_seed(torch.initial_seed())
+        return torch.rand(x.shape, generator=self._generator, device=x.device, dtype=x.dtype)
+
     def sample(self, counts: Tensor, conf: Tensor, pixels: int) -> tuple[Tensor, ...]:
         """Choose hard positives, easy positives and negatives for every class.
 
@@ -256,7 +269,7 @@ class PatchContrastiveLoss(nn.Module):
         easy = torch.where(pure, conf, ninf).topk(m, dim=1).indices
         pair = (k.unsqueeze(1) - 1 - torch.arange(m, device=k.device)).clamp(min=0)
         easy = easy.gather(1, pair)
-        keys = conf if self.negatives == "hard" else torch.rand_like(conf)
+        keys = conf if self.negatives == "hard" else self.random_like(conf)
         neg = torch.where(absent, keys, ninf).topk(m, dim=1).indices
         return hard, easy, neg, k, n_neg
 
@@ -281,10 +294,8 @@ class PatchContrastiveLoss(nn.Module):
         hard, easy, neg, k, n_neg = self.sample(counts, conf, pixels)
         num_classes, m = hard.shape
         index = torch.cat([hard, easy, neg], dim=1).flatten()
-        if index.numel() < tokens.shape[0]:
-            z = head(tokens[index])
-        else:
-            z = head(tokens)[index]
+        small = index.numel() < tokens.shape[0]
+        z = head(tokens[index]) if small else head(tokens)[index]
         q, key, n = z.view(num_classes, 3, m, -1).unbind(1)
         valid = (k >= self.min_positives) & (n_neg >= self.min_negatives)
         if self.loss == "info_nce":

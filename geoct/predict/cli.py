@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
+from ..export.raster_io import atomic_output, check_output
 from .engine import PredictionResult, PredictOptions, predict_scene
+from .writer import OutputPaths
 
 #: Environment variable naming the default checkpoint.
 CHECKPOINT_ENV = "GEOCT_CHECKPOINT"
@@ -46,6 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--match-gsd", action="store_true", help="run the model at the checkpoint's GSD"
     )
+    parser.add_argument(
+        "--vector", action="store_true", help="also polygonise into SCENE.polygons.gpkg"
+    )
+    parser.add_argument(
+        "--vector-format",
+        choices=("gpkg", "geojson"),
+        default="gpkg",
+        help="polygon format with --vector (default: gpkg)",
+    )
+    parser.add_argument(
+        "--simplify", type=float, default=0.0, help="polygon simplification tolerance (map units)"
+    )
+    parser.add_argument(
+        "--min-area", type=float, default=0.0, help="drop polygons smaller than this (m²)"
+    )
+    parser.add_argument(
+        "--stac", action="store_true", help="also write a STAC item SCENE.item.json"
+    )
+    parser.add_argument(
+        "--report", type=Path, help="write the run's figures and outputs as JSON (one scene only)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -71,13 +94,87 @@ def options_from_args(args: argparse.Namespace) -> PredictOptions:
 def after_scene(result: PredictionResult, args: argparse.Namespace) -> None:
     """Run follow-up steps requested on the command line for one predicted scene.
 
-    Extension point for options added to :func:`build_parser` (vectorising, STAC
-    items, ...): add their outputs to ``result.outputs``. Nothing to do by default.
+    Polygonises the class raster (``--vector``), then writes the STAC item
+    (``--stac``) and the JSON report (``--report``); each adds its file to
+    ``result.outputs``.
 
     Args:
         result: The scene's prediction.
         args: Parsed command line.
     """
+    classes = result.outputs["classes"]
+    paths = follow_up_paths(classes, args)
+    if args.vector:
+        from ..export.vectorize import vectorize_raster
+
+        result.outputs["polygons"] = vectorize_raster(
+            classes,
+            paths["polygons"],
+            confidence_path=result.outputs.get("confidence"),
+            simplify=args.simplify,
+            min_area=args.min_area,
+            classes=result.spec.classes,
+            overwrite=args.overwrite,
+        )
+    if args.stac:
+        from ..export.stac import write_stac_item
+
+        result.outputs["stac"] = write_stac_item(
+            classes,
+            paths["stac"],
+            confidence_path=result.outputs.get("confidence"),
+            probabilities_path=result.outputs.get("probabilities"),
+            polygons_path=result.outputs.get("polygons"),
+            spec=result.spec,
+            provenance=_stac_provenance(classes, args),
+            overwrite=args.overwrite,
+        )
+    if args.report:
+        result.outputs["report"] = _write_report(result, args.report, args.overwrite)
+
+
+def follow_up_paths(classes: Path, args: argparse.Namespace) -> dict[str, Path]:
+    """Return the polygon, STAC item and report files that *args* asks for beside *classes*."""
+    stem = classes.name.removesuffix(".tif").removesuffix(".classes")
+    paths = {
+        "polygons": classes.with_name(f"{stem}.polygons.{args.vector_format}")
+        if args.vector
+        else None,
+        "stac": classes.with_name(f"{stem}.item.json") if args.stac else None,
+        "report": args.report,
+    }
+    return {kind: path for kind, path in paths.items() if path is not None}
+
+
+def _stac_provenance(classes: Path, args: argparse.Namespace) -> dict[str, object]:
+    """Return the STAC ``geoct:`` properties: the class raster's provenance tags and config."""
+    import rasterio
+
+    with rasterio.open(classes) as src:
+        tags = src.tags()
+    keys = ("CHECKPOINT", "CHECKPOINT_SHA256", "WINDOW", "OVERLAP", "TTA", "MATCH_GSD")
+    provenance: dict[str, object] = {k.lower(): tags[k] for k in keys if k in tags}
+    provenance["config"] = getattr(args, "model_config", None)
+    return provenance
+
+
+def _write_report(result: PredictionResult, path: Path, overwrite: bool) -> Path:
+    """Write the figures and output paths of *result* as JSON."""
+    import json
+
+    report = {
+        "scene": str(result.scene),
+        "width": result.width,
+        "height": result.height,
+        "windows": result.windows,
+        "windows_run": result.windows_run,
+        "seconds": result.seconds,
+        "megapixels_per_second": result.megapixels_per_second,
+        "outputs": {kind: str(p) for kind, p in result.outputs.items()},
+    }
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:
@@ -115,11 +212,15 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv[1:])
     if args.checkpoint is None:
         raise ConfigError(f"give --checkpoint MODEL.ckpt or set {CHECKPOINT_ENV}")
-    if args.output is not None and len(args.scenes) > 1:
-        raise ConfigError("--output can only be used with a single scene")
+    if len(args.scenes) > 1 and (args.output is not None or args.report is not None):
+        raise ConfigError("--output and --report can only be used with a single scene")
     if not args.checkpoint.is_file():
         raise InputError(args.checkpoint, "checkpoint not found")
     options = options_from_args(args)
+    for scene in args.scenes:
+        classes = OutputPaths.beside(scene, args.output, False, False).classes
+        for path in follow_up_paths(classes, args).values():
+            check_output(path, args.overwrite)
     with _cli_signals():
         from ..tasks import load_model
 

@@ -119,3 +119,15 @@ def test_bad_options(synthetic_root: Path, kwargs: dict, match: str) -> None:
 def test_missing_dataset_json(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"dataset\.json: not found"):
         PotsdamDataModule(tmp_path)
+
+
+def test_teardown_closes_file_handles(synthetic_root: Path) -> None:
+    dm = PotsdamDataModule(synthetic_root, height="dsm", batch_size=2, patch_size=32, length=2)
+    dm.setup("fit")
+    next(iter(dm.train_dataloader()))
+    image = dm.train_dataset.datasets[0].datasets[0]
+    handles = list(image._handles.values())
+    assert handles and not any(src.closed for src in handles)
+    dm.teardown("fit")
+    assert all(src.closed for src in handles)
+    assert next(iter(dm.train_dataloader()))["image"].shape[1] == 5

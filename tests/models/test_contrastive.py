@@ -169,6 +169,19 @@ def test_random_negatives_equal_hard_when_all_negatives_are_used() -> None:
     )
 
 
+def test_random_negatives_leave_the_global_random_stream_alone() -> None:
+    features, logits, mask = make_inputs()
+    loss = PatchContrastiveLoss({0: 8}, {0: 4}, 3, IGNORE, negatives="random", max_samples=4)
+    torch.manual_seed(5)
+    first = loss([features], logits, mask).loss
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(3), after)
+    loss._generator = None
+    torch.manual_seed(5)
+    torch.testing.assert_close(loss([features], logits, mask).loss, first)
+
+
 def test_pools_pure_mixed_absent_and_ignore() -> None:
     _, logits, mask = make_inputs()
     loss = PatchContrastiveLoss({0: 8}, {0: 4}, 3, IGNORE, take_top=1.0, max_samples=64)

@@ -107,3 +107,35 @@ def test_cli_bad_input(
         or torch.cuda.is_available()
     )
     assert list(tmp_path.glob("scene.*")) == [tmp_path / "scene.tif"]
+
+
+def test_cli_vector_stac_and_report(data: ModuleType, checkpoint: Path, tmp_path: Path) -> None:
+    import json
+
+    import geopandas as gpd
+    import pystac
+
+    scene = tmp_path / "scene.tif"
+    data.write_scene(scene, 80, 70, seed=3)
+    out = tmp_path / "out" / "scene.classes.tif"
+    out.parent.mkdir()
+    args = ["predict", str(scene), "--checkpoint", str(checkpoint), "--output", str(out)]
+    args += ["--confidence", "--vector", "--stac", "--report", str(tmp_path / "run.json")]
+    args += ["--window", "64", "--device", "cpu", "--quiet"]
+    proc = run_geoct(*args)
+    assert proc.returncode == 0, proc.stderr
+    polygons = gpd.read_file(out.with_name("scene.polygons.gpkg"), layer="scene.polygons")
+    with rasterio.open(out) as src:
+        assert polygons.crs == src.crs
+        labelled = int((src.read(1) != 255).sum()) * abs(src.transform.a * src.transform.e)
+    assert polygons["area_m2"].sum() == pytest.approx(labelled)
+    assert polygons["mean_confidence"].between(0, 1).all()
+    item = pystac.Item.from_file(str(out.with_name("scene.item.json")))
+    assert {"classes", "confidence", "polygons"} <= set(item.assets)
+    assert len(item.properties["geoct:checkpoint_sha256"]) == 64
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert (report["height"], report["width"]) == (80, 70)
+    assert report["outputs"]["polygons"].endswith("scene.polygons.gpkg")
+    again = run_geoct(*args)
+    assert again.returncode == 2
+    assert "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1

@@ -1,0 +1,194 @@
+"""Controlled comparisons of the contrastive term against the same model without it.
+
+A comparison trains two tasks that differ only in ``contrastive``: the same network
+weights at step 0 (the baseline copies the contrastive task's encoder and decoder), the
+same training patches (the datamodule's sampler has its own seed) and the same
+schedule. It records the test scores, the per-epoch validation history, the mean
+training step time and the peak memory of each run.
+"""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.loggers import CSVLogger
+
+from .datasets import PotsdamDataModule
+from .tasks import ContrastiveSemanticSegmentationTask
+
+#: Training steps left out of the step time (warm-up, allocator growth).
+WARMUP_STEPS = 3
+
+
+@dataclass
+class RunResult:
+    """Figures of one training run.
+
+    Attributes:
+        variant: ``"baseline"`` or ``"contrastive"``.
+        seed: Seed of initialisation, sampling and augmentation.
+        test: Test scores as logged by the task (``test_mIoU``, ``test_IoU_<class>``, ...).
+        history: Validation scores per epoch.
+        step_seconds: Mean wall time of a training step after warm-up.
+        peak_memory_mb: Peak CUDA memory allocated, or the peak resident set size on CPU.
+        task: The trained task.
+    """
+
+    variant: str
+    seed: int
+    test: dict[str, float]
+    history: list[dict[str, float]]
+    step_seconds: float
+    peak_memory_mb: float
+    task: ContrastiveSemanticSegmentationTask = field(repr=False)
+
+
+class StepTimer(Callback):
+    """Wall time of each training step, synchronised on CUDA."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def _sync(self, module: LightningModule) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+
+    def on_train_batch_start(self, trainer: Trainer, module: LightningModule, *args: Any) -> None:
+        """Start the clock."""
+        self._sync(module)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer, module: LightningModule, *args: Any) -> None:
+        """Record the step's time."""
+        self._sync(module)
+        self.seconds.append(time.perf_counter() - self._start)
+
+    @property
+    def mean(self) -> float:
+        """Mean step time after :data:`WARMUP_STEPS`."""
+        steps = self.seconds[WARMUP_STEPS:] or self.seconds
+        return sum(steps) / max(len(steps), 1)
+
+
+class ValidationHistory(Callback):
+    """Validation scores logged at the end of each epoch."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: Trainer, module: LightningModule) -> None:
+        """Record the validation scores of the epoch (validation runs before this hook)."""
+        scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        self.epochs.append({"epoch": trainer.current_epoch, **scores})
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement on *device*."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since :func:`reset_peak_memory`, in MiB (CPU: the resident set's)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def paired_tasks(
+    model_args: dict[str, Any], seed: int
+) -> dict[str, ContrastiveSemanticSegmentationTask]:
+    """Build the baseline and contrastive tasks with identical initial weights.
+
+    Args:
+        model_args: Task arguments shared by both (``contrastive`` is set here).
+        seed: Seed of the initialisation.
+
+    Returns:
+        ``{"baseline": ..., "contrastive": ...}``.
+    """
+    args = {k: v for k, v in model_args.items() if k != "contrastive"}
+    seed_everything(seed, verbose=False)
+    contrastive = ContrastiveSemanticSegmentationTask(**args, contrastive=True)
+    baseline = ContrastiveSemanticSegmentationTask(**args, contrastive=False)
+    baseline.model.load_state_dict(contrastive.model.state_dict())
+    return {"baseline": baseline, "contrastive": contrastive}
+
+
+def fit_and_test(
+    variant: str,
+    task: ContrastiveSemanticSegmentationTask,
+    data_args: dict[str, Any],
+    seed: int,
+    max_epochs: int,
+    root_dir: Path,
+    accelerator: str = "auto",
+) -> RunResult:
+    """Train *task* on a :class:`~geoct.datasets.PotsdamDataModule`, then test it.
+
+    Args:
+        variant: Name of the run.
+        task: The task to train (see :func:`paired_tasks`).
+        data_args: Datamodule arguments; ``seed`` is set to *seed*.
+        seed: Seed of patch sampling and augmentation.
+        max_epochs: Training epochs.
+        root_dir: Folder for logs and checkpoints.
+        accelerator: Lightning accelerator.
+
+    Returns:
+        The run's figures.
+    """
+    datamodule = PotsdamDataModule(**{**data_args, "seed": seed})
+    timer, history = StepTimer(), ValidationHistory()
+    trainer = Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_epochs=max_epochs,
+        gradient_clip_val=1.0,
+        callbacks=[timer, history],
+        logger=CSVLogger(root_dir, name=variant, version=f"seed{seed}"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
+    seed_everything(seed, verbose=False)
+    device = trainer.strategy.root_device
+    reset_peak_memory(device)
+    trainer.fit(task, datamodule=datamodule)
+    peak = peak_memory_mb(device)
+    test = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+    return RunResult(
+        variant=variant,
+        seed=seed,
+        test={k: float(v) for k, v in test.items()},
+        history=history.epochs,
+        step_seconds=timer.mean,
+        peak_memory_mb=peak,
+        task=task,
+    )
+
+
+def compare(
+    model_args: dict[str, Any],
+    data_args: dict[str, Any],
+    seed: int,
+    max_epochs: int,
+    root_dir: Path,
+    accelerator: str = "auto",
+) -> dict[str, RunResult]:
+    """Train and test the baseline and the contrastive variant under identical conditions."""
+    tasks = paired_tasks(model_args, seed)
+    return {
+        variant: fit_and_test(variant, task, data_args, seed, max_epochs, root_dir, accelerator)
+        for variant, task in tasks.items()
+    }
