@@ -5,7 +5,7 @@ held-out scene with ``geoct predict``, vectorises it, evaluates it against the s
 and prints a summary. Every step runs the real command line in a subprocess; all outputs land
 in one folder, which is replaced on each run.
 
-    python -m geoct.demo [--out demo_output] [--epochs N] [--tiles N] [--size PX]
+    python -m geoct.demo [--out demo_output] [--epochs N] [--length N] [--tiles N] [--size PX]
 """
 
 import argparse
@@ -64,6 +64,49 @@ def held_out_scene(data: Path) -> tuple[Path, Path]:
     return data / tile["image"], data / tile["label"]
 
 
+def render_overview(image: Path, classes: Path, confidence: Path, output: Path) -> Path:
+    """Draw the orthophoto, the predicted classes (with the raster's colours) and the confidence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import rasterio
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from .export.class_raster import read_class_table
+
+    table = read_class_table(classes)
+    with rasterio.open(image) as src:
+        rgb = src.read([1, 2, 3]).transpose(1, 2, 0)
+    with rasterio.open(classes) as src:
+        predicted = src.read(1, masked=True)
+    with rasterio.open(confidence) as src:
+        conf = src.read(1, masked=True) / 255
+    colours = np.array(table.colors) / 255
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+    axes[0].imshow(rgb)
+    axes[0].set_title("Orthophoto (held-out synthetic tile)")
+    axes[1].imshow(predicted, cmap=ListedColormap(colours), vmin=0, vmax=len(colours) - 1,
+                   interpolation="nearest")  # fmt: skip
+    axes[1].set_title("geoct predict: classes")
+    axes[1].legend(
+        handles=[Patch(color=c, label=n) for n, c in zip(table.names, colours, strict=True)],
+        loc="lower left",
+        fontsize=8,
+    )
+    shown = axes[2].imshow(conf, cmap="magma", vmin=0, vmax=1)
+    axes[2].set_title("Confidence (max class probability)")
+    fig.colorbar(shown, ax=axes[2], fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(output, dpi=80)
+    plt.close(fig)
+    return output
+
+
 def _score(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -95,7 +138,7 @@ def summarise(out: Path, timings: Timings, outputs: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: Path, epochs: int, tiles: int, size: int) -> str:
+def run_demo(out: Path, epochs: int, length: int, tiles: int, size: int) -> str:
     """Run every demo step into *out* and return the summary."""
     out = out.resolve()
     shutil.rmtree(out, ignore_errors=True)
@@ -112,7 +155,7 @@ def run_demo(out: Path, epochs: int, tiles: int, size: int) -> str:
         "train",
         *geoct(
             "fit", "--config", CONFIG, "--data.root", data,
-            "--trainer.max_epochs", str(epochs),
+            "--trainer.max_epochs", str(epochs), "--data.length", str(length),
             "--trainer.default_root_dir", runs,
             "--trainer.logger.init_args.save_dir", runs,
             "--trainer.accelerator", "auto",
@@ -134,6 +177,9 @@ def run_demo(out: Path, epochs: int, tiles: int, size: int) -> str:
         "evaluate",
         *geoct("evaluate", classes, labels, "--report", report, "--plot", plot, "--overwrite"),
     )
+    figure = render_overview(
+        image, classes, pred / f"{image.stem}.confidence.tif", out / "prediction.png"
+    )
     outputs = {
         "checkpoint": checkpoint,
         "class COG": classes,
@@ -144,6 +190,7 @@ def run_demo(out: Path, epochs: int, tiles: int, size: int) -> str:
         "STAC item": pred / f"{image.stem}.item.json",
         "evaluation report": report,
         "evaluation plot": plot,
+        "overview figure": figure,
     }
     missing = [str(p) for p in outputs.values() if not p.exists()]
     if missing:
@@ -158,11 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "demo_output", help="output folder")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs")
+    parser.add_argument("--length", type=int, default=192, help="training patches per epoch")
     parser.add_argument("--tiles", type=int, default=6, help="synthetic tiles")
     parser.add_argument("--size", type=int, default=512, help="synthetic tile side in pixels")
     args = parser.parse_args(argv)
     try:
-        print(run_demo(args.out, args.epochs, args.tiles, args.size))
+        print(run_demo(args.out, args.epochs, args.length, args.tiles, args.size))
     except GeoctError as e:
         print(f"geoct demo: error: {e}", file=sys.stderr)
         return 2
