@@ -92,7 +92,10 @@ def render_overview(image: Path, classes: Path, confidence: Path, output: Path) 
                    interpolation="nearest")  # fmt: skip
     axes[1].set_title("geoct predict: classes")
     axes[1].legend(
-        handles=[Patch(color=c, label=n) for n, c in zip(table.names, colours, strict=True)],
+        handles=[
+            Patch(facecolor=c, edgecolor="black", label=n)
+            for n, c in zip(table.names, colours, strict=True)
+        ],
         loc="lower left",
         fontsize=8,
     )
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m geoct.demo", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", type=Path, default=ROOT / "demo_output", help="output folder")
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs")
     parser.add_argument("--length", type=int, default=192, help="training patches per epoch")
     parser.add_argument("--tiles", type=int, default=6, help="synthetic tiles")
     parser.add_argument("--size", type=int, default=512, help="synthetic tile side in pixels")
