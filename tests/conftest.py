@@ -1,6 +1,31 @@
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def load_fixture_data(name: str) -> ModuleType:
+    """Import the fixture generator ``tests/data/<name>/data.py`` (not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_fixture_data", DATA / name / "data.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def potsdam_data() -> ModuleType:
+    """The Potsdam fixture generator, tests/data/potsdam/data.py."""
+    return load_fixture_data("potsdam")
+
+
+@pytest.fixture(scope="session")
+def predict_data() -> ModuleType:
+    """The prediction fixture generator, tests/data/predict/data.py."""
+    return load_fixture_data("predict")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ as metadata tags and as GDAL category names (in the ``.aux.xml`` sidecar). Raste
 from elsewhere may lack some of this; :func:`read_class_table` falls back to ids.
 """
 
+import argparse
 import json
 import warnings
 import xml.etree.ElementTree as ET
@@ -270,3 +271,22 @@ def classes_option(value: str | None) -> ClassTable | list[str] | None:
     if value.lower().endswith(".json") or Path(value).is_file():
         return ClassTable.from_json(value)
     return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def add_raster_options(parser: argparse.ArgumentParser, classes_from: str) -> None:
+    """Add the ``--classes``, ``--block-size`` and ``--overwrite`` options shared by the CLIs.
+
+    Args:
+        parser: Parser of a command that reads class rasters block by block.
+        classes_from: Where class names come from by default, for the help text.
+    """
+    parser.add_argument(
+        "--classes",
+        dest="class_names",
+        metavar="NAMES",
+        help=f"classes.json or comma-separated class names (default: read from {classes_from})",
+    )
+    parser.add_argument(
+        "--block-size", type=int, default=1024, help="pixels per block side (default: 1024)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")

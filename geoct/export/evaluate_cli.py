@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from .class_raster import classes_option
+from .class_raster import add_raster_options, classes_option
 from .evaluate import check_report_outputs, evaluate, format_table, plot_report, write_report
 from .messages import report_warnings
 
@@ -36,16 +36,7 @@ def parser(prog: str = "geoct evaluate") -> argparse.ArgumentParser:
         action="store_true",
         help="reproject labels on another grid to the prediction's (nearest neighbour)",
     )
-    p.add_argument(
-        "--classes",
-        dest="class_names",
-        metavar="NAMES",
-        help="classes.json or comma-separated class names (default: read from the prediction)",
-    )
-    p.add_argument(
-        "--block-size", type=int, default=1024, help="pixels per block side (default: 1024)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_raster_options(p, "the prediction")
     return p
 
 

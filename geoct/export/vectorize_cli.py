@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from .class_raster import classes_option
+from .class_raster import add_raster_options, classes_option
 from .messages import report_warnings
 from .vectorize import vectorize_raster
 
@@ -45,16 +45,7 @@ def parser(prog: str = "geoct vectorize") -> argparse.ArgumentParser:
         metavar="M2",
         help="drop polygons smaller than this area in m² (default: 0)",
     )
-    p.add_argument(
-        "--classes",
-        dest="class_names",
-        metavar="NAMES",
-        help="classes.json or comma-separated class names (default: read from the raster)",
-    )
-    p.add_argument(
-        "--block-size", type=int, default=1024, help="pixels per block side (default: 1024)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_raster_options(p, "the raster")
     return p
 
 

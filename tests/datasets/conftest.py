@@ -1,4 +1,3 @@
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -6,17 +5,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TILES = ["2_10", "2_11", "2_12", "2_13"]
-
-
-@pytest.fixture(scope="session")
-def potsdam_data() -> ModuleType:
-    """tests/data/potsdam/data.py (not a package), imported as a module."""
-    path = REPO / "tests" / "data" / "potsdam" / "data.py"
-    spec = importlib.util.spec_from_file_location("potsdam_fixture_data", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")

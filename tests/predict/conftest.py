@@ -1,4 +1,3 @@
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -6,14 +5,9 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def data() -> ModuleType:
-    """tests/data/predict/data.py (not a package), imported as a module."""
-    path = Path(__file__).parents[1] / "data" / "predict" / "data.py"
-    spec = importlib.util.spec_from_file_location("predict_fixture_data", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def data(predict_data: ModuleType) -> ModuleType:
+    """The prediction fixture generator (short name for this package's tests)."""
+    return predict_data
 
 
 @pytest.fixture(scope="session")
