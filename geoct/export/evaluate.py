@@ -35,7 +35,7 @@ from .class_raster import (
     open_raster,
     read_class_table,
 )
-from .raster_io import atomic_output, check_output
+from .raster_io import atomic_output, check_output, warp_to_grid
 
 #: Classes left out of the second macro average when none are named (Potsdam convention).
 DEFAULT_EXCLUDED = ("clutter",)
@@ -182,15 +182,7 @@ def _label_kind(src: DatasetReader) -> str:
 def _aligned(src: DatasetReader, pred: DatasetReader, nodata: int) -> WarpedVRT:
     if src.crs is None or pred.crs is None:
         raise InputError(src.name, "cannot align labels without a CRS")
-    return WarpedVRT(
-        src,
-        crs=pred.crs,
-        transform=pred.transform,
-        width=pred.width,
-        height=pred.height,
-        resampling=Resampling.nearest,
-        nodata=nodata,
-    )
+    return warp_to_grid(src, pred, Resampling.nearest, nodata=nodata)
 
 
 def _resolve_classes(

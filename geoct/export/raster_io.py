@@ -6,6 +6,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from rasterio.enums import Resampling
+from rasterio.io import DatasetReader
+from rasterio.vrt import WarpedVRT
+
 from ..errors import InputError, OutputExistsError
 
 
@@ -82,3 +86,28 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
         raise
+
+
+def warp_to_grid(
+    src: DatasetReader, grid: DatasetReader, resampling: Resampling, **kwargs: object
+) -> WarpedVRT:
+    """View *src* on exactly the pixel grid (CRS, transform, shape) of *grid*, warped on the fly.
+
+    Args:
+        src: Dataset to resample.
+        grid: Dataset whose grid the view takes.
+        resampling: Resampling method (nearest for classes, bilinear for heights).
+        **kwargs: Further :class:`~rasterio.vrt.WarpedVRT` options (nodata, dtype, ...).
+
+    Returns:
+        The warped view; close it after use.
+    """
+    return WarpedVRT(
+        src,
+        crs=grid.crs,
+        transform=grid.transform,
+        width=grid.width,
+        height=grid.height,
+        resampling=resampling,
+        **kwargs,
+    )

@@ -16,11 +16,11 @@ import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
-from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from ..errors import AlignmentError, ConfigError, InputError
+from ..export.raster_io import warp_to_grid
 from ..metadata import ModelSpec
 
 #: Relative difference between scene and checkpoint GSD above which a warning is given.
@@ -123,16 +123,8 @@ def open_dsm(path: str | Path, scene: rasterio.DatasetReader, scene_path: Path):
         stacklevel=2,
     )
     nodata = dsm.nodata if dsm.nodata is not None else -3.0e38
-    return WarpedVRT(
-        dsm,
-        crs=scene.crs,
-        transform=scene.transform,
-        width=scene.width,
-        height=scene.height,
-        resampling=Resampling.bilinear,
-        src_nodata=dsm.nodata,
-        nodata=nodata,
-        dtype="float32",
+    return warp_to_grid(
+        dsm, scene, Resampling.bilinear, src_nodata=dsm.nodata, nodata=nodata, dtype="float32"
     )
 
 
