@@ -1,14 +1,21 @@
-"""Does the contrastive term help? Baseline vs contrastive on the synthetic dataset.
+"""Does the contrastive term help? Baseline vs contrastive variants on the synthetic dataset.
 
-Both variants share data, initial weights, seeds and schedule (geoct.experiment.compare);
-only the contrastive term differs. Reports mean and standard deviation over seeds of the
-test mIoU and per-class IoU, plus training step time and peak memory.
+Every variant shares data, initial weights, seeds and schedule with the baseline
+(geoct.experiment.compare); only the contrastive term and its settings differ. Reports
+mean and standard deviation over seeds of the test mIoU and per-class IoU, the paired
+(same-seed) mIoU difference, the separability of the encoder's patch embeddings
+(nearest-centroid accuracy per stage, also for tree vs low vegetation and building vs
+impervious surface), and the training step time and peak memory.
 
-    python benchmarks/contrastive_quality.py [--seeds 0 1 2] [--epochs 8] [--tiles 12] [--size 512]
+    python benchmarks/contrastive_quality.py [--seeds 0 1 2] [--epochs 8] [--tiles 12]
+    python benchmarks/contrastive_quality.py --variant w0.1 contrastive_weight=0.1 \
+        --variant tau0.5 contrastive_weight=0.1 temperature=0.5
 """
 
 import argparse
 import json
+import logging
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -19,7 +26,7 @@ from geoct.datasets.recipes import prepare_synthetic
 from geoct.experiment import compare
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("baseline", "contrastive")
+BASELINE = "baseline"
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,7 +43,15 @@ def parse_args() -> argparse.Namespace:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="override model arguments, e.g. contrastive_weight=0.5 (YAML values)",
+        help="override model arguments of every run, e.g. lr=5e-4 (YAML values)",
+    )
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        metavar=("NAME", "KEY=VALUE"),
+        help="a contrastive variant and its overrides, e.g. --variant w0.1 contrastive_weight=0.1; "
+        "repeat for a sweep against one baseline (default: one variant, the config as it is)",
     )
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument(
@@ -45,46 +60,72 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def load_config(path: Path, overrides: list[str]) -> tuple[dict, dict]:
+def overrides(items: list[str]) -> dict:
+    """Parse ``KEY=VALUE`` items, values as YAML."""
+    pairs = [item.split("=", 1) for item in items]
+    bad = [item for item, pair in zip(items, pairs, strict=True) if len(pair) != 2]
+    if bad:
+        raise SystemExit(f"contrastive_quality: expected KEY=VALUE, got {bad}")
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def load_config(path: Path, items: list[str]) -> tuple[dict, dict]:
     config = yaml.safe_load(path.read_text())
-    model = dict(config["model"])
-    for item in overrides:
-        key, value = item.split("=", 1)
-        model[key] = yaml.safe_load(value)
-    return model, dict(config["data"]["init_args"])
+    return {**config["model"], **overrides(items)}, dict(config["data"]["init_args"])
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation, leaving out NaN (a class absent from a run)."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarise(runs: dict[str, list]) -> dict:
-    keys = [
-        k for k in runs["baseline"][0].test if k.startswith(("test_mIoU", "test_IoU_", "test_OA"))
-    ]
+    first = runs[BASELINE][0]
+    keys = [k for k in first.test if k.startswith(("test_mIoU", "test_IoU_", "test_OA"))]
     table = {}
-    for variant in VARIANTS:
-        results = runs[variant]
-        table[variant] = {k: mean_std([r.test[k] for r in results]) for k in keys}
-        table[variant]["step_seconds"] = mean_std([r.step_seconds for r in results])
-        table[variant]["peak_memory_mb"] = mean_std([r.peak_memory_mb for r in results])
+    for name, results in runs.items():
+        table[name] = {k: mean_std([r.test[k] for r in results]) for k in keys}
+        for k in first.separability:
+            table[name][f"sep_{k}"] = mean_std([r.separability[k] for r in results])
+        table[name]["step_seconds"] = mean_std([r.step_seconds for r in results])
+        table[name]["peak_memory_mb"] = mean_std([r.peak_memory_mb for r in results])
+        deltas = [
+            r.test["test_mIoU"] - b.test["test_mIoU"]
+            for r, b in zip(results, runs[BASELINE], strict=True)
+        ]
+        table[name]["paired_delta_mIoU"] = mean_std(deltas)
     return table
 
 
 def print_table(table: dict) -> None:
-    rows = list(table["baseline"])
-    print(f"\n{'metric':<32}{'baseline':>20}{'contrastive':>20}{'delta':>10}")
-    for key in rows:
-        (bm, bs), (cm, cs) = table["baseline"][key], table["contrastive"][key]
-        print(f"{key:<32}{bm:>12.4f} ± {bs:<6.4f}{cm:>12.4f} ± {cs:<6.4f}{cm - bm:>+10.4f}")
-    step = table["contrastive"]["step_seconds"][0] / table["baseline"]["step_seconds"][0]
-    memory = table["contrastive"]["peak_memory_mb"][0] / table["baseline"]["peak_memory_mb"][0]
-    print(f"\nstep time ratio {step:.3f}, peak memory ratio {memory:.3f}")
+    base = table[BASELINE]
+    for name, row in table.items():
+        if name == BASELINE:
+            continue
+        print(f"\n{'metric':<44}{'baseline':>20}{name:>20}{'delta':>10}")
+        for key in base:
+            if key == "paired_delta_mIoU":
+                continue
+            (bm, bs), (cm, cs) = base[key], row[key]
+            print(f"{key:<44}{bm:>12.4f} ± {bs:<6.4f}{cm:>12.4f} ± {cs:<6.4f}{cm - bm:>+10.4f}")
+    print(f"\n{'variant':<20}{'mIoU':>16}{'paired delta':>20}{'step x':>9}{'memory x':>10}")
+    for name, row in table.items():
+        (m, s), (d, ds) = row["test_mIoU"], row["paired_delta_mIoU"]
+        step = row["step_seconds"][0] / base["step_seconds"][0]
+        memory = row["peak_memory_mb"][0] / base["peak_memory_mb"][0]
+        print(f"{name:<20}{m:>9.4f} ± {s:.3f}{d:>+12.4f} ± {ds:.3f}{step:>9.2f}{memory:>10.2f}")
 
 
 def main() -> None:
     args = parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     model_args, data_args = load_config(args.config, args.set)
+    variants = {v[0]: overrides(v[1:]) for v in args.variant or [["contrastive"]]}
+    if BASELINE in variants:
+        raise SystemExit(f"contrastive_quality: {BASELINE!r} is the name of the baseline run")
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
         if data is None:
@@ -93,15 +134,21 @@ def main() -> None:
         data_args["root"] = str(data)
         if args.length:
             data_args["length"] = args.length
-        runs: dict[str, list] = {v: [] for v in VARIANTS}
+        runs: dict[str, list] = {BASELINE: [], **{v: [] for v in variants}}
         for seed in args.seeds:
             results = compare(
-                model_args, data_args, seed, args.epochs, Path(tmp) / "runs", args.accelerator
+                model_args,
+                data_args,
+                seed,
+                args.epochs,
+                Path(tmp) / "runs",
+                args.accelerator,
+                variants,
             )
             for variant, result in results.items():
                 runs[variant].append(result)
                 print(
-                    f"seed {seed} {variant:<12} test mIoU {result.test['test_mIoU']:.4f} "
+                    f"seed {seed} {variant:<16} test mIoU {result.test['test_mIoU']:.4f} "
                     f"step {result.step_seconds * 1000:.0f} ms",
                     flush=True,
                 )
@@ -111,6 +158,7 @@ def main() -> None:
     report = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "model": model_args,
+        "variants": variants,
         "data": data_args,
         "runs": {
             v: [
@@ -120,10 +168,11 @@ def main() -> None:
                     "history": r.history,
                     "step_seconds": r.step_seconds,
                     "peak_memory_mb": r.peak_memory_mb,
+                    "separability": r.separability,
                 }
                 for r in runs[v]
             ]
-            for v in VARIANTS
+            for v in runs
         },
         "summary": {
             v: {k: {"mean": m, "std": s} for k, (m, s) in t.items()} for v, t in table.items()

@@ -1,10 +1,11 @@
 """Controlled comparisons of the contrastive term against the same model without it.
 
-A comparison trains two tasks that differ only in ``contrastive``: the same network
-weights at step 0 (the baseline copies the contrastive task's encoder and decoder), the
+A comparison trains a baseline and one or more contrastive variants: the same network
+weights at step 0 (every variant copies the baseline's encoder and decoder), the
 same training patches (the datamodule's sampler has its own seed) and the same
 schedule. It records the test scores, the per-epoch validation history, the mean
-training step time and the peak memory of each run.
+training step time, the peak memory and the class separability of the encoder's patch
+embeddings on the test windows (:mod:`geoct.embeddings`) of each run.
 """
 
 import time
@@ -17,6 +18,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from lightning.pytorch.loggers import CSVLogger
 
 from .datasets import PotsdamDataModule
+from .embeddings import patch_embeddings, separability
 from .tasks import ContrastiveSemanticSegmentationTask
 
 #: Training steps left out of the step time (warm-up, allocator growth).
@@ -28,12 +30,14 @@ class RunResult:
     """Figures of one training run.
 
     Attributes:
-        variant: ``"baseline"`` or ``"contrastive"``.
+        variant: ``"baseline"`` or the name of a contrastive variant.
         seed: Seed of initialisation, sampling and augmentation.
         test: Test scores as logged by the task (``test_mIoU``, ``test_IoU_<class>``, ...).
         history: Validation scores per epoch.
         step_seconds: Mean wall time of a training step after warm-up.
         peak_memory_mb: Peak CUDA memory allocated, or the peak resident set size on CPU.
+        separability: Centroid and hard-pair accuracies of the encoder's pure-patch
+            embeddings on the test windows, per stage (:func:`geoct.embeddings.separability`).
         task: The trained task.
     """
 
@@ -43,6 +47,7 @@ class RunResult:
     history: list[dict[str, float]]
     step_seconds: float
     peak_memory_mb: float
+    separability: dict[str, float]
     task: ContrastiveSemanticSegmentationTask = field(repr=False)
 
 
@@ -104,24 +109,30 @@ def peak_memory_mb(device: torch.device) -> float:
     return float("nan")
 
 
-def paired_tasks(
-    model_args: dict[str, Any], seed: int
+def variant_tasks(
+    model_args: dict[str, Any], variants: dict[str, dict[str, Any]], seed: int
 ) -> dict[str, ContrastiveSemanticSegmentationTask]:
-    """Build the baseline and contrastive tasks with identical initial weights.
+    """Build the baseline and contrastive variants with identical initial network weights.
 
     Args:
-        model_args: Task arguments shared by both (``contrastive`` is set here).
+        model_args: Task arguments shared by all runs (``contrastive`` is set here).
+        variants: Contrastive variants by name, each with its overrides of *model_args*
+            (e.g. ``{"w0.1": {"contrastive_weight": 0.1}}``).
         seed: Seed of the initialisation.
 
     Returns:
-        ``{"baseline": ..., "contrastive": ...}``.
+        ``{"baseline": ..., **{name: ...}}``; every network starts from the baseline's
+        weights, and variants with the same stages start with the same projection heads.
     """
     args = {k: v for k, v in model_args.items() if k != "contrastive"}
     seed_everything(seed, verbose=False)
-    contrastive = ContrastiveSemanticSegmentationTask(**args, contrastive=True)
-    baseline = ContrastiveSemanticSegmentationTask(**args, contrastive=False)
-    baseline.model.load_state_dict(contrastive.model.state_dict())
-    return {"baseline": baseline, "contrastive": contrastive}
+    tasks = {"baseline": ContrastiveSemanticSegmentationTask(**args, contrastive=False)}
+    for name, overrides in variants.items():
+        seed_everything(seed, verbose=False)
+        task = ContrastiveSemanticSegmentationTask(**{**args, **overrides}, contrastive=True)
+        task.model.load_state_dict(tasks["baseline"].model.state_dict())
+        tasks[name] = task
+    return tasks
 
 
 def fit_and_test(
@@ -137,7 +148,7 @@ def fit_and_test(
 
     Args:
         variant: Name of the run.
-        task: The task to train (see :func:`paired_tasks`).
+        task: The task to train (see :func:`variant_tasks`).
         data_args: Datamodule arguments; ``seed`` is set to *seed*.
         seed: Seed of patch sampling and augmentation.
         max_epochs: Training epochs.
@@ -174,8 +185,28 @@ def fit_and_test(
         history=history.epochs,
         step_seconds=timer.mean,
         peak_memory_mb=peak,
+        separability=held_out_separability(task, datamodule),
         task=task,
     )
+
+
+def held_out_separability(
+    task: ContrastiveSemanticSegmentationTask, datamodule: PotsdamDataModule
+) -> dict[str, float]:
+    """Separability of *task*'s patch embeddings on *datamodule*'s test windows."""
+    datamodule.setup("test")
+    device = task.device
+    batches = (
+        (b["image"], b["mask"])
+        for b in (
+            datamodule.aug({k: v.to(device) for k, v in b.items() if k in ("image", "mask")})
+            for b in datamodule.test_dataloader()
+        )
+    )
+    stages = range(len(task.model.backbone.channels))
+    embeddings = patch_embeddings(task.model, batches, stages, task.hparams["num_classes"])
+    datamodule.teardown("test")
+    return separability(embeddings, datamodule.model_spec.classes.names)
 
 
 def compare(
@@ -185,10 +216,25 @@ def compare(
     max_epochs: int,
     root_dir: Path,
     accelerator: str = "auto",
+    variants: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, RunResult]:
-    """Train and test the baseline and the contrastive variant under identical conditions."""
-    tasks = paired_tasks(model_args, seed)
+    """Train and test the baseline and contrastive variants under identical conditions.
+
+    Args:
+        model_args: Task arguments shared by all runs.
+        data_args: Datamodule arguments.
+        seed: Seed of initialisation, patch sampling and augmentation.
+        max_epochs: Training epochs.
+        root_dir: Folder for logs.
+        accelerator: Lightning accelerator.
+        variants: Contrastive variants and their overrides (see :func:`variant_tasks`);
+            default: one ``"contrastive"`` run with *model_args* as they are.
+
+    Returns:
+        Run figures by name, the baseline first.
+    """
+    tasks = variant_tasks(model_args, variants or {"contrastive": {}}, seed)
     return {
-        variant: fit_and_test(variant, task, data_args, seed, max_epochs, root_dir, accelerator)
-        for variant, task in tasks.items()
+        name: fit_and_test(name, task, data_args, seed, max_epochs, root_dir, accelerator)
+        for name, task in tasks.items()
     }

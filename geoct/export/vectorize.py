@@ -455,6 +455,7 @@ def vectorize_raster(
     classes: ClassTable | Sequence[str] | None = None,
     overwrite: bool = False,
     block_size: int = 1024,
+    progress: bool = True,
 ) -> Path:
     """Polygonise a class raster into a styled GeoPackage or GeoJSON layer.
 
@@ -469,6 +470,7 @@ def vectorize_raster(
         classes: Class table or names overriding those stored in the raster.
         overwrite: Whether existing outputs may be replaced.
         block_size: Side in pixels of the blocks read and polygonised at a time.
+        progress: Show a progress bar.
 
     Returns:
         The written layer.
@@ -496,7 +498,9 @@ def vectorize_raster(
             warnings.warn(f"{classes_path}: no CRS; polygons are in its map units", stacklevel=2)
         pieces = Pieces()
         windows = list(block_windows(src.height, src.width, block_size))
-        for window in tqdm(windows, desc="polygonising", unit="block", leave=False):
+        for window in tqdm(
+            windows, desc="polygonising", unit="block", leave=False, disable=not progress
+        ):
             polygonize_block(src, window, confidence, pieces)
         crs = CRS.from_user_input(src.crs) if src.crs else None
         transform = src.transform

@@ -115,6 +115,7 @@ def after_scene(result: PredictionResult, args: argparse.Namespace) -> None:
             min_area=args.min_area,
             classes=result.spec.classes,
             overwrite=args.overwrite,
+            progress=not args.quiet,
         )
     if args.stac:
         from ..export.stac import write_stac_item

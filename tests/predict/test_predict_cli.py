@@ -124,6 +124,7 @@ def test_cli_vector_stac_and_report(data: ModuleType, checkpoint: Path, tmp_path
     args += ["--window", "64", "--device", "cpu", "--quiet"]
     proc = run_geoct(*args)
     assert proc.returncode == 0, proc.stderr
+    assert "polygonising" not in proc.stderr
     polygons = gpd.read_file(out.with_name("scene.polygons.gpkg"), layer="scene.polygons")
     with rasterio.open(out) as src:
         assert polygons.crs == src.crs

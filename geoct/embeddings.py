@@ -1,0 +1,123 @@
+"""Patch embeddings of a trained network and how well they separate the classes.
+
+The contrastive term acts on the encoder's tokens: it pulls the *pure* patches of a
+class (every pixel of the token's footprint has that class) together and pushes other
+classes away. These helpers collect the same pure-patch features from held-out windows
+so that the effect can be measured directly, independently of the decoder:
+
+* :func:`centroid_accuracy` classifies each patch by its nearest class centroid (cosine)
+  and reports the balanced accuracy (mean per-class recall), so large classes do not
+  dominate;
+* :func:`pair_accuracy` does the same for two classes only, e.g. tree vs low vegetation.
+"""
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+#: Class pairs that are hard to tell apart in aerial imagery (Potsdam class names).
+HARD_PAIRS: tuple[tuple[str, str], ...] = (
+    ("tree", "low_vegetation"),
+    ("building", "impervious_surfaces"),
+)
+
+
+def pure_patches(mask: Tensor, stride: int, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Label each token of a stride-*stride* grid and flag the pure ones.
+
+    Args:
+        mask: Class ids (B, H, W), H and W multiples of *stride*.
+        stride: Token footprint in pixels.
+        num_classes: Ids at or above this (ignore) never make a pure patch.
+
+    Returns:
+        Token labels (B, H/stride, W/stride) and a boolean mask of pure tokens.
+    """
+    cells = mask.unfold(1, stride, stride).unfold(2, stride, stride).flatten(-2)
+    first = cells[..., 0]
+    return first, (cells == first.unsqueeze(-1)).all(-1) & (first < num_classes)
+
+
+@torch.no_grad()
+def patch_embeddings(
+    network: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    stages: Sequence[int],
+    num_classes: int,
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """Encoder features of the pure patches of *batches*, per stage.
+
+    Args:
+        network: A :class:`~geoct.models.Segmenter` (``forward_features``).
+        batches: Normalised images (B, C, H, W) and masks (B, H, W).
+        stages: Backbone stages to collect.
+        num_classes: Number of classes (higher ids are ignored).
+
+    Returns:
+        ``{stage: (features (N, C_s), labels (N,))}`` on the CPU.
+    """
+    was_training = network.training
+    network.eval()
+    parts: dict[int, list[tuple[Tensor, Tensor]]] = {s: [] for s in stages}
+    for image, mask in batches:
+        _, features = network.forward_features(image)
+        for s in stages:
+            f = features[s]
+            labels, pure = pure_patches(mask, mask.shape[-1] // f.shape[-1], num_classes)
+            parts[s].append((f.permute(0, 2, 3, 1)[pure].float().cpu(), labels[pure].cpu()))
+    network.train(was_training)
+    return {
+        s: (torch.cat([f for f, _ in p]), torch.cat([y for _, y in p])) for s, p in parts.items()
+    }
+
+
+def centroid_accuracy(
+    features: Tensor, labels: Tensor, classes: Sequence[int] | None = None
+) -> float:
+    """Balanced nearest-centroid accuracy of *features* under cosine similarity.
+
+    Args:
+        features: Patch features (N, C).
+        labels: Class ids (N,).
+        classes: Classes to use (default: those present); other patches are dropped.
+
+    Returns:
+        Mean per-class recall, or NaN with fewer than two classes present.
+    """
+    present = labels.unique().tolist()
+    classes = [c for c in (present if classes is None else classes) if c in present]
+    if len(classes) < 2:
+        return float("nan")
+    keep = torch.isin(labels, torch.tensor(classes))
+    f = nn.functional.normalize(features[keep], dim=1)
+    y = labels[keep]
+    centroids = nn.functional.normalize(torch.stack([f[y == c].mean(0) for c in classes]), dim=1)
+    predicted = torch.tensor(classes)[(f @ centroids.T).argmax(1)]
+    return torch.stack([(predicted[y == c] == c).float().mean() for c in classes]).mean().item()
+
+
+def pair_accuracy(features: Tensor, labels: Tensor, pair: tuple[int, int]) -> float:
+    """Balanced nearest-centroid accuracy between two classes (0.5: inseparable)."""
+    return centroid_accuracy(features, labels, classes=pair)
+
+
+def separability(
+    embeddings: dict[int, tuple[Tensor, Tensor]], names: Sequence[str]
+) -> dict[str, float]:
+    """Centroid and hard-pair accuracies of every stage.
+
+    Args:
+        embeddings: Output of :func:`patch_embeddings`.
+        names: Class names, indexed by class id (for :data:`HARD_PAIRS`).
+
+    Returns:
+        ``{"stage<s>_centroid": ..., "stage<s>_<a>_vs_<b>": ...}``.
+    """
+    pairs = [(a, b) for a, b in HARD_PAIRS if a in names and b in names]
+    scores = {}
+    for s, (f, y) in embeddings.items():
+        scores[f"stage{s}_centroid"] = centroid_accuracy(f, y)
+        for a, b in pairs:
+            scores[f"stage{s}_{a}_vs_{b}"] = pair_accuracy(f, y, (names.index(a), names.index(b)))
+    return scores
