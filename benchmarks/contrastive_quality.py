@@ -5,7 +5,9 @@ Every variant shares data, initial weights, seeds and schedule with the baseline
 mean and standard deviation over seeds of the test mIoU and per-class IoU, the paired
 (same-seed) mIoU difference, the separability of the encoder's patch embeddings
 (nearest-centroid accuracy per stage, also for tree vs low vegetation and building vs
-impervious surface), and the training step time and peak memory.
+impervious surface), gradient diagnostics (how often the gradient norm was clipped; the
+cosine and norm ratio between the weighted contrastive and the segmentation gradient on
+the encoder at the first and last step), and the training step time and peak memory.
 
     python benchmarks/contrastive_quality.py [--seeds 0 1 2] [--epochs 8] [--tiles 12]
     python benchmarks/contrastive_quality.py --variant w0.1 contrastive_weight=0.1 \
@@ -27,6 +29,14 @@ from geoct.experiment import compare
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "baseline"
+GRADIENT_KEYS = (
+    "norm_mean",
+    "clipped_fraction",
+    "start_cosine",
+    "start_ratio",
+    "end_cosine",
+    "end_ratio",
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,6 +62,9 @@ def parse_args() -> argparse.Namespace:
         metavar=("NAME", "KEY=VALUE"),
         help="a contrastive variant and its overrides, e.g. --variant w0.1 contrastive_weight=0.1; "
         "repeat for a sweep against one baseline (default: one variant, the config as it is)",
+    )
+    parser.add_argument(
+        "--gradient-clip", type=float, default=1.0, help="clip of the gradient norm (0: off)"
     )
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument(
@@ -90,6 +103,8 @@ def summarise(runs: dict[str, list]) -> dict:
         table[name] = {k: mean_std([r.test[k] for r in results]) for k in keys}
         for k in first.separability:
             table[name][f"sep_{k}"] = mean_std([r.separability[k] for r in results])
+        for k in GRADIENT_KEYS:
+            table[name][f"grad_{k}"] = mean_std([r.gradients.get(k, math.nan) for r in results])
         table[name]["step_seconds"] = mean_std([r.step_seconds for r in results])
         table[name]["peak_memory_mb"] = mean_std([r.peak_memory_mb for r in results])
         deltas = [
@@ -144,6 +159,7 @@ def main() -> None:
                 Path(tmp) / "runs",
                 args.accelerator,
                 variants,
+                args.gradient_clip or None,
             )
             for variant, result in results.items():
                 runs[variant].append(result)
@@ -169,6 +185,7 @@ def main() -> None:
                     "step_seconds": r.step_seconds,
                     "peak_memory_mb": r.peak_memory_mb,
                     "separability": r.separability,
+                    "gradients": r.gradients,
                 }
                 for r in runs[v]
             ]

@@ -4,10 +4,14 @@ A comparison trains a baseline and one or more contrastive variants: the same ne
 weights at step 0 (every variant copies the baseline's encoder and decoder), the
 same training patches (the datamodule's sampler has its own seed) and the same
 schedule. It records the test scores, the per-epoch validation history, the mean
-training step time, the peak memory and the class separability of the encoder's patch
-embeddings on the test windows (:mod:`geoct.embeddings`) of each run.
+training step time, the peak memory, the class separability of the encoder's patch
+embeddings on the test windows (:mod:`geoct.embeddings`) and gradient diagnostics of
+each run: how often gradient clipping was active and, for contrastive runs, how the
+segmentation and the weighted contrastive gradients on the encoder compare in size and
+direction at the first and the last step.
 """
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor
 
 from .datasets import PotsdamDataModule
 from .embeddings import patch_embeddings, separability
@@ -38,6 +43,9 @@ class RunResult:
         peak_memory_mb: Peak CUDA memory allocated, or the peak resident set size on CPU.
         separability: Centroid and hard-pair accuracies of the encoder's pure-patch
             embeddings on the test windows, per stage (:func:`geoct.embeddings.separability`).
+        gradients: ``norm_mean`` and ``clipped_fraction`` of the training steps,
+            and for contrastive runs ``start_/end_cosine`` and ``start_/end_ratio`` (see
+            :func:`gradient_agreement`).
         task: The trained task.
     """
 
@@ -48,6 +56,7 @@ class RunResult:
     step_seconds: float
     peak_memory_mb: float
     separability: dict[str, float]
+    gradients: dict[str, float]
     task: ContrastiveSemanticSegmentationTask = field(repr=False)
 
 
@@ -77,6 +86,26 @@ class StepTimer(Callback):
         """Mean step time after :data:`WARMUP_STEPS`."""
         steps = self.seconds[WARMUP_STEPS:] or self.seconds
         return sum(steps) / max(len(steps), 1)
+
+
+class GradientNorm(Callback):
+    """Total gradient norm of each training step, before clipping."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, module: LightningModule, *args: Any
+    ) -> None:
+        """Record the norm (Lightning clips after this hook)."""
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+    def summary(self, clip: float | None) -> dict[str, float]:
+        """Mean norm and the fraction of steps whose norm exceeded *clip*."""
+        norms = torch.tensor(self.norms or [float("nan")])
+        clipped = (norms > clip).float().mean().item() if clip else 0.0
+        return {"norm_mean": norms.mean().item(), "clipped_fraction": clipped}
 
 
 class ValidationHistory(Callback):
@@ -143,6 +172,7 @@ def fit_and_test(
     max_epochs: int,
     root_dir: Path,
     accelerator: str = "auto",
+    gradient_clip_val: float | None = 1.0,
 ) -> RunResult:
     """Train *task* on a :class:`~geoct.datasets.PotsdamDataModule`, then test it.
 
@@ -154,30 +184,38 @@ def fit_and_test(
         max_epochs: Training epochs.
         root_dir: Folder for logs and checkpoints.
         accelerator: Lightning accelerator.
+        gradient_clip_val: Clip of the total gradient norm (None: off).
 
     Returns:
         The run's figures.
     """
     datamodule = PotsdamDataModule(**{**data_args, "seed": seed})
-    timer, history = StepTimer(), ValidationHistory()
+    timer, history, norms = StepTimer(), ValidationHistory(), GradientNorm()
     trainer = Trainer(
         accelerator=accelerator,
         devices=1,
         max_epochs=max_epochs,
-        gradient_clip_val=1.0,
-        callbacks=[timer, history],
+        gradient_clip_val=gradient_clip_val,
+        callbacks=[timer, history, norms],
         logger=CSVLogger(root_dir, name=variant, version=f"seed{seed}"),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=1,
     )
-    seed_everything(seed, verbose=False)
     device = trainer.strategy.root_device
+    probe = probe_batch(datamodule, device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        start = gradient_agreement(copy.deepcopy(task).to(device), *probe)
+    seed_everything(seed, verbose=False)
     reset_peak_memory(device)
     trainer.fit(task, datamodule=datamodule)
     peak = peak_memory_mb(device)
     test = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+    end = gradient_agreement(task.to(device), *probe)
+    gradients = norms.summary(gradient_clip_val)
+    gradients.update({f"start_{k}": v for k, v in start.items()})
+    gradients.update({f"end_{k}": v for k, v in end.items()})
     return RunResult(
         variant=variant,
         seed=seed,
@@ -186,8 +224,67 @@ def fit_and_test(
         step_seconds=timer.mean,
         peak_memory_mb=peak,
         separability=held_out_separability(task, datamodule),
+        gradients=gradients,
         task=task,
     )
+
+
+def gradient_agreement(
+    task: ContrastiveSemanticSegmentationTask, image: Tensor, mask: Tensor
+) -> dict[str, float]:
+    """Compare the segmentation and weighted contrastive gradients on the encoder.
+
+    Computed in eval mode (no drop path) on one batch, without changing *task*.
+
+    Args:
+        task: A contrastive task.
+        image: Normalised images (B, C, H, W).
+        mask: Labels (B, H, W).
+
+    Returns:
+        ``cosine`` between the two gradients and ``ratio`` of the weighted contrastive
+        gradient's norm to the segmentation gradient's; empty for a baseline.
+    """
+    if task.patch_loss is None:
+        return {}
+    was_training = task.training
+    task.eval()
+    params = [p for p in task.model.backbone.parameters() if p.requires_grad]
+    logits, features = task.model.forward_features(image)
+    seg = task.criterion(logits, mask)
+    con = task.hparams["contrastive_weight"] * task.patch_loss(features, logits, mask).loss
+    grads = [_flat_grad(loss, params) for loss in (seg, con)]
+    task.train(was_training)
+    cosine = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0).item()
+    return {"cosine": cosine, "ratio": (grads[1].norm() / grads[0].norm()).item()}
+
+
+def _flat_grad(loss: Tensor, params: list[torch.nn.Parameter]) -> Tensor:
+    """Gradient of *loss* with respect to *params*, flattened (zeros where unused)."""
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.cat(
+        [
+            (torch.zeros_like(p) if g is None else g).flatten()
+            for p, g in zip(params, grads, strict=True)
+        ]
+    )
+
+
+def probe_batch(
+    datamodule: PotsdamDataModule, device: torch.device, size: int = 16
+) -> tuple[Tensor, Tensor]:
+    """The first *size* validation windows, normalised, as one batch."""
+    datamodule.setup("validate")
+    images, masks, count = [], [], 0
+    for batch in datamodule.val_dataloader():
+        batch = datamodule.aug({k: batch[k].to(device) for k in ("image", "mask")})
+        images.append(batch["image"])
+        masks.append(batch["mask"])
+        count += len(batch["image"])
+        if count >= size:
+            break
+    datamodule.teardown("validate")
+    return torch.cat(images)[:size], torch.cat(masks)[:size]
 
 
 def held_out_separability(
@@ -217,6 +314,7 @@ def compare(
     root_dir: Path,
     accelerator: str = "auto",
     variants: dict[str, dict[str, Any]] | None = None,
+    gradient_clip_val: float | None = 1.0,
 ) -> dict[str, RunResult]:
     """Train and test the baseline and contrastive variants under identical conditions.
 
@@ -229,12 +327,15 @@ def compare(
         accelerator: Lightning accelerator.
         variants: Contrastive variants and their overrides (see :func:`variant_tasks`);
             default: one ``"contrastive"`` run with *model_args* as they are.
+        gradient_clip_val: Clip of the total gradient norm (None: off).
 
     Returns:
         Run figures by name, the baseline first.
     """
     tasks = variant_tasks(model_args, variants or {"contrastive": {}}, seed)
     return {
-        name: fit_and_test(name, task, data_args, seed, max_epochs, root_dir, accelerator)
+        name: fit_and_test(
+            name, task, data_args, seed, max_epochs, root_dir, accelerator, gradient_clip_val
+        )
         for name, task in tasks.items()
     }

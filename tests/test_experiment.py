@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 import torch
 
-from geoct.experiment import compare, variant_tasks
+from geoct.experiment import compare, gradient_agreement, variant_tasks
 
 MODEL: dict[str, Any] = {
     "backbone": "swin_tiny_patch4_window7_224",
@@ -58,3 +58,24 @@ def test_a_zero_weight_variant_trains_exactly_like_the_baseline(
     assert len(base.history) == 1 and "val_mIoU" in base.history[0]
     assert base.step_seconds > 0 and base.peak_memory_mb > 0
     assert not math.isnan(base.separability["stage0_centroid"])
+    assert 0 <= base.gradients["clipped_fraction"] <= 1 and base.gradients["norm_mean"] > 0
+    assert "start_cosine" not in base.gradients
+    assert zero.gradients["start_ratio"] == 0 and zero.gradients["end_ratio"] == 0
+
+
+def test_gradient_agreement_measures_without_changing_the_task() -> None:
+    tasks = variant_tasks(MODEL, {"w1": {}, "w2": {"contrastive_weight": 2.0}}, 0)
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(4, 4, 64, 64, generator=g)
+    mask = (
+        torch.randint(0, 6, (4, 4, 4), generator=g)
+        .repeat_interleave(16, 1)
+        .repeat_interleave(16, 2)
+    )
+    assert gradient_agreement(tasks["baseline"], image, mask) == {}
+    one, two = (gradient_agreement(tasks[k], image, mask) for k in ("w1", "w2"))
+    assert -1 <= one["cosine"] <= 1 and one["ratio"] > 0
+    assert two["ratio"] == pytest.approx(2 * one["ratio"], rel=1e-4)
+    assert two["cosine"] == pytest.approx(one["cosine"], abs=1e-4)
+    assert tasks["w1"].training
+    assert all(p.grad is None for p in tasks["w1"].parameters())
