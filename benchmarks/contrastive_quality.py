@@ -49,6 +49,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--length", type=int, help="training patches per epoch (default: config)")
     parser.add_argument(
+        "--patch-size", type=int, help="training patch side in px (default: config)"
+    )
+    parser.add_argument(
         "--set",
         nargs="*",
         default=[],
@@ -149,6 +152,8 @@ def main() -> None:
         data_args["root"] = str(data)
         if args.length:
             data_args["length"] = args.length
+        if args.patch_size:
+            data_args["patch_size"] = args.patch_size
         runs: dict[str, list] = {BASELINE: [], **{v: [] for v in variants}}
         for seed in args.seeds:
             results = compare(
