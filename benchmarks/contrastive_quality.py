@@ -5,7 +5,8 @@ Every variant shares data, initial weights, seeds and schedule with the baseline
 mean and standard deviation over seeds of the test mIoU and per-class IoU, the paired
 (same-seed) mIoU difference, the separability of the encoder's patch embeddings
 (nearest-centroid accuracy per stage, also for tree vs low vegetation and building vs
-impervious surface), gradient diagnostics (how often the gradient norm was clipped; the
+impervious surface), the share of labelled and of misclassified test pixels that lie in
+pure patches (the only ones the term sees) at each stride, gradient diagnostics (how often the gradient norm was clipped; the
 cosine and norm ratio between the weighted contrastive and the segmentation gradient on
 the encoder at the first and last step), and the training step time and peak memory.
 
@@ -106,6 +107,8 @@ def summarise(runs: dict[str, list]) -> dict:
         table[name] = {k: mean_std([r.test[k] for r in results]) for k in keys}
         for k in first.separability:
             table[name][f"sep_{k}"] = mean_std([r.separability[k] for r in results])
+        for k in first.coverage:
+            table[name][f"pure_{k}"] = mean_std([r.coverage[k] for r in results])
         for k in GRADIENT_KEYS:
             table[name][f"grad_{k}"] = mean_std([r.gradients.get(k, math.nan) for r in results])
         table[name]["step_seconds"] = mean_std([r.step_seconds for r in results])
@@ -190,6 +193,7 @@ def main() -> None:
                     "step_seconds": r.step_seconds,
                     "peak_memory_mb": r.peak_memory_mb,
                     "separability": r.separability,
+                    "coverage": r.coverage,
                     "gradients": r.gradients,
                 }
                 for r in runs[v]

@@ -8,7 +8,10 @@ so that the effect can be measured directly, independently of the decoder:
 * :func:`centroid_accuracy` classifies each patch by its nearest class centroid (cosine)
   and reports the balanced accuracy (mean per-class recall), so large classes do not
   dominate;
-* :func:`pair_accuracy` does the same for two classes only, e.g. tree vs low vegetation.
+* :func:`pair_accuracy` does the same for two classes only, e.g. tree vs low vegetation;
+* :func:`pure_coverage` measures which labelled pixels, and which misclassified pixels,
+  lie in pure patches at all: the term never sees the others (object edges, small
+  objects), whatever its settings.
 """
 
 from collections.abc import Iterable, Sequence
@@ -69,6 +72,45 @@ def patch_embeddings(
     network.train(was_training)
     return {
         s: (torch.cat([f for f, _ in p]), torch.cat([y for _, y in p])) for s, p in parts.items()
+    }
+
+
+@torch.no_grad()
+def pure_coverage(
+    network: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    strides: Sequence[int],
+    num_classes: int,
+) -> dict[str, float]:
+    """Share of labelled and of misclassified pixels that lie in pure patches.
+
+    Args:
+        network: A :class:`~geoct.models.Segmenter`.
+        batches: Normalised images (B, C, H, W) and masks (B, H, W), H and W multiples
+            of every stride.
+        strides: Token footprints in pixels.
+        num_classes: Number of classes (higher ids are ignored).
+
+    Returns:
+        ``{"stride<p>_pixels": ..., "stride<p>_errors": ...}``.
+    """
+    was_training = network.training
+    network.eval()
+    totals = torch.zeros(len(strides), 2, 2)
+    for image, mask in batches:
+        labelled = mask < num_classes
+        wrong = labelled & (network(image).argmax(1) != mask)
+        for i, p in enumerate(strides):
+            pure = pure_patches(mask, p, num_classes)[1]
+            inside = pure.repeat_interleave(p, 1).repeat_interleave(p, 2)
+            for j, selected in enumerate((labelled, wrong)):
+                totals[i, j] += torch.tensor([(selected & inside).sum(), selected.sum()])
+    network.train(was_training)
+    share = totals[..., 0] / totals[..., 1].clamp(min=1)
+    return {
+        f"stride{p}_{kind}": share[i, j].item()
+        for i, p in enumerate(strides)
+        for j, kind in enumerate(("pixels", "errors"))
     }
 
 

@@ -13,6 +13,7 @@ direction at the first and the last step.
 
 import copy
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 
 from .datasets import PotsdamDataModule
-from .embeddings import patch_embeddings, separability
+from .embeddings import patch_embeddings, pure_coverage, separability
 from .tasks import ContrastiveSemanticSegmentationTask
 
 #: Training steps left out of the step time (warm-up, allocator growth).
@@ -43,6 +44,8 @@ class RunResult:
         peak_memory_mb: Peak CUDA memory allocated, or the peak resident set size on CPU.
         separability: Centroid and hard-pair accuracies of the encoder's pure-patch
             embeddings on the test windows, per stage (:func:`geoct.embeddings.separability`).
+        coverage: Share of labelled and of misclassified test pixels that lie in pure
+            patches at each stage's stride (:func:`geoct.embeddings.pure_coverage`).
         gradients: ``norm_mean`` and ``clipped_fraction`` of the training steps,
             and for contrastive runs ``start_/end_cosine`` and ``start_/end_ratio`` (see
             :func:`gradient_agreement`).
@@ -56,6 +59,7 @@ class RunResult:
     step_seconds: float
     peak_memory_mb: float
     separability: dict[str, float]
+    coverage: dict[str, float]
     gradients: dict[str, float]
     task: ContrastiveSemanticSegmentationTask = field(repr=False)
 
@@ -213,6 +217,9 @@ def fit_and_test(
     peak = peak_memory_mb(device)
     test = trainer.test(task, datamodule=datamodule, verbose=False)[0]
     end = gradient_agreement(task.to(device), *probe)
+    k, strides = task.hparams["num_classes"], task.model.backbone.strides
+    stages = range(len(strides))
+    embeddings = patch_embeddings(task.model, held_out_batches(datamodule, device), stages, k)
     gradients = norms.summary(gradient_clip_val)
     gradients.update({f"start_{k}": v for k, v in start.items()})
     gradients.update({f"end_{k}": v for k, v in end.items()})
@@ -223,7 +230,8 @@ def fit_and_test(
         history=history.epochs,
         step_seconds=timer.mean,
         peak_memory_mb=peak,
-        separability=held_out_separability(task, datamodule),
+        separability=separability(embeddings, datamodule.model_spec.classes.names),
+        coverage=pure_coverage(task.model, held_out_batches(datamodule, device), strides, k),
         gradients=gradients,
         task=task,
     )
@@ -287,23 +295,15 @@ def probe_batch(
     return torch.cat(images)[:size], torch.cat(masks)[:size]
 
 
-def held_out_separability(
-    task: ContrastiveSemanticSegmentationTask, datamodule: PotsdamDataModule
-) -> dict[str, float]:
-    """Separability of *task*'s patch embeddings on *datamodule*'s test windows."""
+def held_out_batches(
+    datamodule: PotsdamDataModule, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Normalised test windows and masks of *datamodule*, on *device*."""
     datamodule.setup("test")
-    device = task.device
-    batches = (
-        (b["image"], b["mask"])
-        for b in (
-            datamodule.aug({k: v.to(device) for k, v in b.items() if k in ("image", "mask")})
-            for b in datamodule.test_dataloader()
-        )
-    )
-    stages = range(len(task.model.backbone.channels))
-    embeddings = patch_embeddings(task.model, batches, stages, task.hparams["num_classes"])
+    for batch in datamodule.test_dataloader():
+        batch = datamodule.aug({k: batch[k].to(device) for k in ("image", "mask")})
+        yield batch["image"], batch["mask"]
     datamodule.teardown("test")
-    return separability(embeddings, datamodule.model_spec.classes.names)
 
 
 def compare(

@@ -2,9 +2,16 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from geoct.classes import POTSDAM
-from geoct.embeddings import centroid_accuracy, patch_embeddings, pure_patches, separability
+from geoct.embeddings import (
+    centroid_accuracy,
+    patch_embeddings,
+    pure_coverage,
+    pure_patches,
+    separability,
+)
 from geoct.models import build_segmenter
 
 
@@ -68,3 +75,32 @@ def test_patch_embeddings_collect_pure_tokens_per_stage() -> None:
         for k in ("centroid", "tree_vs_low_vegetation", "building_vs_impervious_surfaces")
     }
     assert 0 <= scores["stage0_centroid"] <= 1
+
+
+class Constant(nn.Module):
+    """A 'network' whose logits always predict *prediction*."""
+
+    def __init__(self, prediction: torch.Tensor) -> None:
+        super().__init__()
+        self.prediction = prediction
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(self.prediction, 6).permute(0, 3, 1, 2).float()
+
+
+def test_pure_coverage_counts_pixels_and_errors_in_pure_patches() -> None:
+    mask = torch.zeros(1, 8, 8, dtype=torch.long)
+    mask[0, :4, 4:] = 1
+    mask[0, 4:, 4:] = 2
+    mask[0, 7, 7] = 3
+    mask[0, 0, 0] = 255
+    prediction = mask.clamp(max=5).clone()
+    prediction[0, 7, 7] = 2
+    prediction[0, 1, 5] = 0
+    network = Constant(prediction).train()
+    shares = pure_coverage(network, [(torch.zeros(1, 3, 8, 8), mask)], [4, 8], 6)
+    assert network.training
+    labelled = 63
+    assert shares["stride4_pixels"] == pytest.approx(32 / labelled)
+    assert shares["stride4_errors"] == pytest.approx(1 / 2)
+    assert shares["stride8_pixels"] == 0 and shares["stride8_errors"] == 0

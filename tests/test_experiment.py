@@ -58,6 +58,11 @@ def test_a_zero_weight_variant_trains_exactly_like_the_baseline(
     assert len(base.history) == 1 and "val_mIoU" in base.history[0]
     assert base.step_seconds > 0 and base.peak_memory_mb > 0
     assert not math.isnan(base.separability["stage0_centroid"])
+    assert set(base.coverage) == {
+        f"stride{p}_{k}" for p in (4, 8, 16, 32) for k in ("pixels", "errors")
+    }
+    assert 0 < base.coverage["stride4_pixels"] <= 1
+    assert base.coverage["stride4_pixels"] >= base.coverage["stride8_pixels"]
     assert 0 <= base.gradients["clipped_fraction"] <= 1 and base.gradients["norm_mean"] > 0
     assert "start_cosine" not in base.gradients
     assert zero.gradients["start_ratio"] == 0 and zero.gradients["end_ratio"] == 0
