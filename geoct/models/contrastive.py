@@ -7,7 +7,8 @@ See ``docs/contrastive-transformer-method.md`` for the full description.
 At each selected stage with stride p, the mask is cut into the p x p blocks covered by
 the tokens. For each class c present in the batch, *pure* patches (all p^2 pixels are
 c) are positives and patches without any pixel of c are negatives; mixed patches are
-never used. Pools span the whole batch. Positives are ranked by the mean softmax
+never used (``purity < 1`` relaxes "pure" to "at least that share of c", so that
+small objects and edges, which have few pure patches, take part). Pools span the whole batch. Positives are ranked by the mean softmax
 probability of c over the patch (detached, so no gradient reaches the decoder): the
 ``k = min(floor(|P| * take_top), max_samples)`` least confident are queries (hard
 positives), the k most confident are keys (easy positives), paired least with least
@@ -46,6 +47,7 @@ or all tokens of a stage when it has fewer than that (small inputs). Under DDP t
 samples from its own sub-batch, like the reference under DP/DDP.
 """
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -139,6 +141,7 @@ class PatchContrastiveLoss(nn.Module):
         clip: float | None = 1.5,
         min_positives: int = 2,
         min_negatives: int = 4,
+        purity: float = 1.0,
     ) -> None:
         """Initialise a new PatchContrastiveLoss.
 
@@ -157,6 +160,8 @@ class PatchContrastiveLoss(nn.Module):
             clip: Upper clamp of the loss (gradient gate); None for no clamp.
             min_positives: Skip a class when k is smaller.
             min_negatives: Skip a class when it has fewer negatives.
+            purity: Share of a patch's pixels that must be c for it to be a positive
+                of c; 1.0 (the paper's pure patches) or a majority in (0.5, 1).
         """
         super().__init__()
         if loss not in ("info_nce", "cosine"):
@@ -167,6 +172,8 @@ class PatchContrastiveLoss(nn.Module):
             raise ValueError(f"negatives {negatives!r}: expected 'random' or 'hard'")
         if not 0 < take_top <= 1:
             raise ValueError(f"take_top {take_top}: expected a fraction in (0, 1]")
+        if not 0.5 < purity <= 1:
+            raise ValueError(f"purity {purity}: expected a fraction in (0.5, 1]")
         self.heads = nn.ModuleDict(
             {str(s): ProjectionHead(c, projection_dim) for s, c in channels.items()}
         )
@@ -182,6 +189,7 @@ class PatchContrastiveLoss(nn.Module):
         self.clip = clip
         self.min_positives = min_positives
         self.min_negatives = min_negatives
+        self.purity = purity
         self._generator: torch.Generator | None = None
 
     def forward(
@@ -260,7 +268,7 @@ class PatchContrastiveLoss(nn.Module):
         n = counts.shape[1]
         m = min(self.max_samples, n)
         classes = counts[: self.num_classes]
-        pure = classes == pixels
+        pure = classes >= math.ceil(self.purity * pixels - 1e-9)
         absent = (classes == 0) & (counts[self.num_classes] < pixels)
         k = (pure.sum(1).double() * self.take_top).floor().long().clamp(max=m)
         n_neg = absent.sum(1).clamp(max=m)

@@ -87,6 +87,7 @@ class ContrastiveSemanticSegmentationTask(SemanticSegmentation):
         clip: float | None = 1.5,
         divisor: Literal["valid", "all"] = "valid",
         negatives: Literal["random", "hard"] = "random",
+        purity: float = 1.0,
         projection_dim: int = 128,
         label_smoothing: float = 0.05,
         dice_smooth: float = 0.05,
@@ -127,6 +128,8 @@ class ContrastiveSemanticSegmentationTask(SemanticSegmentation):
             divisor: ``"valid"``: mean over valid (stage, class) terms; ``"all"``:
                 divide by #stages x #classes present (reference).
             negatives: ``"random"`` or ``"hard"`` (highest predicted probability).
+            purity: Share of a patch's pixels that must be class c for it to be a
+                positive of c (1.0: pure patches, as in the paper).
             projection_dim: Projection head output dimension.
             label_smoothing: Cross-entropy label smoothing.
             dice_smooth: Dice smoothing.
@@ -175,6 +178,7 @@ class ContrastiveSemanticSegmentationTask(SemanticSegmentation):
                 projection_dim=hp["projection_dim"],
                 divisor=hp["divisor"],
                 negatives=hp["negatives"],
+                purity=hp["purity"],
                 clip=hp["clip"],
             )
         except ValueError as e:

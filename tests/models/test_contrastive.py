@@ -252,6 +252,24 @@ def test_bad_options() -> None:
         PatchContrastiveLoss({0: 8}, {0: 4}, 3, loss="triplet")
     with pytest.raises(ValueError, match="take_top"):
         PatchContrastiveLoss({0: 8}, {0: 4}, 3, take_top=0)
+    with pytest.raises(ValueError, match="purity"):
+        PatchContrastiveLoss({0: 8}, {0: 4}, 3, purity=0.5)
+
+
+@pytest.mark.parametrize(("purity", "positives"), [(1.0, [0]), (0.75, [0, 1]), (0.6, [0, 1, 2])])
+def test_purity_admits_majority_patches(purity: float, positives: list[int]) -> None:
+    # four 4 x 4 patches with 16, 12 and 10 pixels of class 0, then none
+    mask = torch.zeros(1, 4, 16, dtype=torch.long)
+    mask[0, :, 7] = 1
+    mask[0, :3, 11] = 1
+    mask[0, 3, 9:12] = 2
+    mask[0, :, 12:] = 1
+    counts = patch_class_counts(mask, [4], 3, IGNORE)[4].transpose(0, 1).flatten(1)
+    assert counts[0].tolist() == [16, 12, 10, 0]
+    loss = PatchContrastiveLoss({0: 8}, {0: 4}, 3, IGNORE, take_top=1.0, purity=purity)
+    hard, _, neg, k, n_neg = loss.sample(counts, torch.zeros(3, 4), 16)
+    assert sorted(hard[0, : int(k[0])].tolist()) == positives
+    assert neg[0, : int(n_neg[0])].tolist() == [3]
 
 
 def test_gradients_reach_heads_and_encoder_not_decoder() -> None:
