@@ -303,7 +303,7 @@ class PatchContrastiveLoss(nn.Module):
         num_classes, m = hard.shape
         index = torch.cat([hard, easy, neg], dim=1).flatten()
         small = index.numel() < tokens.shape[0]
-        z = head(tokens[index]) if small else head(tokens)[index]
+        z = head(tokens.index_select(0, index)) if small else head(tokens).index_select(0, index)
         q, key, n = z.view(num_classes, 3, m, -1).unbind(1)
         valid = (k >= self.min_positives) & (n_neg >= self.min_negatives)
         if self.loss == "info_nce":
