@@ -219,13 +219,15 @@ def fit_and_test(
     trainer.fit(task, datamodule=datamodule)
     peak = peak_memory_mb(device)
     test = trainer.test(task, datamodule=datamodule, verbose=False)[0]
-    end = gradient_agreement(task.to(device), *probe)
-    k, strides = task.hparams["num_classes"], task.model.backbone.strides
-    stages = range(len(strides))
-    embeddings = patch_embeddings(task.model, held_out_batches(datamodule, device), stages, k)
-    gradients = norms.summary(gradient_clip_val)
-    gradients.update({f"start_{k}": v for k, v in start.items()})
-    gradients.update({f"end_{k}": v for k, v in end.items()})
+    gradients = {
+        **norms.summary(gradient_clip_val),
+        **{f"start_{name}": v for name, v in start.items()},
+        **{f"end_{name}": v for name, v in gradient_agreement(task.to(device), *probe).items()},
+    }
+    num_classes, strides = task.hparams["num_classes"], task.model.backbone.strides
+    embeddings = patch_embeddings(
+        task.model, held_out_batches(datamodule, device), range(len(strides)), num_classes
+    )
     return RunResult(
         variant=variant,
         seed=seed,
@@ -234,7 +236,9 @@ def fit_and_test(
         step_seconds=timer.mean,
         peak_memory_mb=peak,
         separability=separability(embeddings, datamodule.model_spec.classes.names),
-        coverage=pure_coverage(task.model, held_out_batches(datamodule, device), strides, k),
+        coverage=pure_coverage(
+            task.model, held_out_batches(datamodule, device), strides, num_classes
+        ),
         gradients=gradients,
         task=task,
     )
