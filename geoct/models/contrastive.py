@@ -9,7 +9,8 @@ the tokens. For each class c present in the batch, *pure* patches (all p^2 pixel
 c) are positives and patches without any pixel of c are negatives; mixed patches are
 never used (``purity < 1`` relaxes "pure" to "at least that share of c", so that
 small objects and edges, which have few pure patches, take part). Pools span the whole
-batch. Positives are ranked by the mean softmax probability of c over the patch (detached, so no gradient reaches the decoder): the
+batch. Positives are ranked by the mean softmax probability of c over the patch
+(detached, so no gradient reaches the decoder): the
 ``k = min(floor(|P| * take_top), max_samples)`` least confident are queries (hard
 positives), the k most confident are keys (easy positives), paired least with least
 as in the reference. Only the sampled tokens are projected.
