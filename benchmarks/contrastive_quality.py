@@ -30,14 +30,6 @@ from geoct.experiment import compare
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "baseline"
-GRADIENT_KEYS = (
-    "norm_mean",
-    "clipped_fraction",
-    "start_cosine",
-    "start_ratio",
-    "end_cosine",
-    "end_ratio",
-)
 
 
 def parse_args() -> argparse.Namespace:
@@ -102,6 +94,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def summarise(runs: dict[str, list]) -> dict:
     first = runs[BASELINE][0]
     keys = [k for k in first.test if k.startswith(("test_mIoU", "test_IoU_", "test_OA"))]
+    gradient_keys = sorted({k for results in runs.values() for r in results for k in r.gradients})
     table = {}
     for name, results in runs.items():
         table[name] = {k: mean_std([r.test[k] for r in results]) for k in keys}
@@ -109,7 +102,7 @@ def summarise(runs: dict[str, list]) -> dict:
             table[name][f"sep_{k}"] = mean_std([r.separability[k] for r in results])
         for k in first.coverage:
             table[name][f"pure_{k}"] = mean_std([r.coverage[k] for r in results])
-        for k in GRADIENT_KEYS:
+        for k in gradient_keys:
             table[name][f"grad_{k}"] = mean_std([r.gradients.get(k, math.nan) for r in results])
         table[name]["step_seconds"] = mean_std([r.step_seconds for r in results])
         table[name]["peak_memory_mb"] = mean_std([r.peak_memory_mb for r in results])

@@ -5,10 +5,12 @@ class (every pixel of the token's footprint has that class) together and pushes 
 classes away. These helpers collect the same pure-patch features from held-out windows
 so that the effect can be measured directly, independently of the decoder:
 
+* :func:`network_outputs` runs the network once over the windows; the measures below
+  read its outputs;
 * :func:`centroid_accuracy` classifies each patch by its nearest class centroid (cosine)
   and reports the balanced accuracy (mean per-class recall), so large classes do not
-  dominate;
-* :func:`pair_accuracy` does the same for two classes only, e.g. tree vs low vegetation;
+  dominate; restricted to two classes (e.g. tree vs low vegetation) 0.5 means
+  inseparable;
 * :func:`pure_coverage` measures which labelled pixels, and which misclassified pixels,
   lie in pure patches at all: the term never sees the others (object edges, small
   objects), whatever its settings.
@@ -42,70 +44,78 @@ def pure_patches(mask: Tensor, stride: int, num_classes: int) -> tuple[Tensor, T
     return first, (cells == first.unsqueeze(-1)).all(-1) & (first < num_classes)
 
 
+#: What :func:`network_outputs` gives per batch: predicted classes (B, H, W), the
+#: backbone feature maps by stage, and the labels (B, H, W), all on the CPU.
+Outputs = tuple[Tensor, list[Tensor], Tensor]
+
+
 @torch.no_grad()
-def patch_embeddings(
-    network: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    stages: Sequence[int],
-    num_classes: int,
-) -> dict[int, tuple[Tensor, Tensor]]:
-    """Encoder features of the pure patches of *batches*, per stage.
+def network_outputs(network: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> list[Outputs]:
+    """Run *network* once (eval mode) over *batches* for the measures of this module.
 
     Args:
         network: A :class:`~geoct.models.Segmenter` (``forward_features``).
         batches: Normalised images (B, C, H, W) and masks (B, H, W).
+
+    Returns:
+        One :data:`Outputs` per batch.
+    """
+    was_training = network.training
+    network.eval()
+    outputs = []
+    for image, mask in batches:
+        logits, features = network.forward_features(image)
+        outputs.append((logits.argmax(1).cpu(), [f.float().cpu() for f in features], mask.cpu()))
+    network.train(was_training)
+    return outputs
+
+
+def patch_embeddings(
+    outputs: Iterable[Outputs], stages: Sequence[int], num_classes: int
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """Encoder features of the pure patches, per stage.
+
+    Args:
+        outputs: From :func:`network_outputs`.
         stages: Backbone stages to collect.
         num_classes: Number of classes (higher ids are ignored).
 
     Returns:
-        ``{stage: (features (N, C_s), labels (N,))}`` on the CPU.
+        ``{stage: (features (N, C_s), labels (N,))}``.
     """
-    was_training = network.training
-    network.eval()
     parts: dict[int, list[tuple[Tensor, Tensor]]] = {s: [] for s in stages}
-    for image, mask in batches:
-        _, features = network.forward_features(image)
+    for _, features, mask in outputs:
         for s in stages:
             f = features[s]
             labels, pure = pure_patches(mask, mask.shape[-1] // f.shape[-1], num_classes)
-            parts[s].append((f.permute(0, 2, 3, 1)[pure].float().cpu(), labels[pure].cpu()))
-    network.train(was_training)
+            parts[s].append((f.permute(0, 2, 3, 1)[pure], labels[pure]))
     return {
         s: (torch.cat([f for f, _ in p]), torch.cat([y for _, y in p])) for s, p in parts.items()
     }
 
 
-@torch.no_grad()
 def pure_coverage(
-    network: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    strides: Sequence[int],
-    num_classes: int,
+    outputs: Iterable[Outputs], strides: Sequence[int], num_classes: int
 ) -> dict[str, float]:
     """Share of labelled and of misclassified pixels that lie in pure patches.
 
     Args:
-        network: A :class:`~geoct.models.Segmenter`.
-        batches: Normalised images (B, C, H, W) and masks (B, H, W), H and W multiples
-            of every stride.
+        outputs: From :func:`network_outputs`; H and W multiples of every stride.
         strides: Token footprints in pixels.
         num_classes: Number of classes (higher ids are ignored).
 
     Returns:
         ``{"stride<p>_pixels": ..., "stride<p>_errors": ...}``.
     """
-    was_training = network.training
-    network.eval()
     totals = torch.zeros(len(strides), 2, 2)
-    for image, mask in batches:
+    for prediction, _, mask in outputs:
         labelled = mask < num_classes
-        wrong = labelled & (network(image).argmax(1) != mask)
+        wrong = labelled & (prediction != mask)
         for i, p in enumerate(strides):
             pure = pure_patches(mask, p, num_classes)[1]
             inside = pure.repeat_interleave(p, 1).repeat_interleave(p, 2)
             for j, selected in enumerate((labelled, wrong)):
                 totals[i, j] += torch.tensor([(selected & inside).sum(), selected.sum()])
-    network.train(was_training)
     share = totals[..., 0] / totals[..., 1].clamp(min=1)
     return {
         f"stride{p}_{kind}": share[i, j].item()
@@ -139,11 +149,6 @@ def centroid_accuracy(
     return torch.stack([(predicted[y == c] == c).float().mean() for c in classes]).mean().item()
 
 
-def pair_accuracy(features: Tensor, labels: Tensor, pair: tuple[int, int]) -> float:
-    """Balanced nearest-centroid accuracy between two classes (0.5: inseparable)."""
-    return centroid_accuracy(features, labels, classes=pair)
-
-
 def separability(
     embeddings: dict[int, tuple[Tensor, Tensor]], names: Sequence[str]
 ) -> dict[str, float]:
@@ -161,5 +166,6 @@ def separability(
     for s, (f, y) in embeddings.items():
         scores[f"stage{s}_centroid"] = centroid_accuracy(f, y)
         for a, b in pairs:
-            scores[f"stage{s}_{a}_vs_{b}"] = pair_accuracy(f, y, (names.index(a), names.index(b)))
+            pair = (names.index(a), names.index(b))
+            scores[f"stage{s}_{a}_vs_{b}"] = centroid_accuracy(f, y, classes=pair)
     return scores

@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 
 from .datasets import PotsdamDataModule
-from .embeddings import patch_embeddings, pure_coverage, separability
+from .embeddings import network_outputs, patch_embeddings, pure_coverage, separability
 from .tasks import ContrastiveSemanticSegmentationTask
 
 #: Training steps left out of the step time (warm-up, allocator growth).
@@ -225,9 +225,8 @@ def fit_and_test(
         **{f"end_{name}": v for name, v in gradient_agreement(task.to(device), *probe).items()},
     }
     num_classes, strides = task.hparams["num_classes"], task.model.backbone.strides
-    embeddings = patch_embeddings(
-        task.model, held_out_batches(datamodule, device), range(len(strides)), num_classes
-    )
+    outputs = network_outputs(task.model, held_out_batches(datamodule, device))
+    embeddings = patch_embeddings(outputs, range(len(strides)), num_classes)
     return RunResult(
         variant=variant,
         seed=seed,
@@ -236,9 +235,7 @@ def fit_and_test(
         step_seconds=timer.mean,
         peak_memory_mb=peak,
         separability=separability(embeddings, datamodule.model_spec.classes.names),
-        coverage=pure_coverage(
-            task.model, held_out_batches(datamodule, device), strides, num_classes
-        ),
+        coverage=pure_coverage(outputs, strides, num_classes),
         gradients=gradients,
         task=task,
     )

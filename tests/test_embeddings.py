@@ -2,11 +2,11 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from geoct.classes import POTSDAM
 from geoct.embeddings import (
     centroid_accuracy,
+    network_outputs,
     patch_embeddings,
     pure_coverage,
     pure_patches,
@@ -59,8 +59,10 @@ def test_patch_embeddings_collect_pure_tokens_per_stage() -> None:
     network.train()
     masks = [blocks(seed=i) for i in range(2)]
     batches = [(torch.randn(1, 4, 32, 32), m) for m in masks]
-    embeddings = patch_embeddings(network, batches, [0, 1], num_classes=6)
+    outputs = network_outputs(network, batches)
     assert network.training
+    assert [o[0].shape for o in outputs] == [(1, 32, 32)] * 2
+    embeddings = patch_embeddings(outputs, [0, 1], num_classes=6)
     for stage, stride in ((0, 4), (1, 8)):
         features, labels = embeddings[stage]
         expected = torch.cat(
@@ -77,17 +79,6 @@ def test_patch_embeddings_collect_pure_tokens_per_stage() -> None:
     assert 0 <= scores["stage0_centroid"] <= 1
 
 
-class Constant(nn.Module):
-    """A 'network' whose logits always predict *prediction*."""
-
-    def __init__(self, prediction: torch.Tensor) -> None:
-        super().__init__()
-        self.prediction = prediction
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return nn.functional.one_hot(self.prediction, 6).permute(0, 3, 1, 2).float()
-
-
 def test_pure_coverage_counts_pixels_and_errors_in_pure_patches() -> None:
     mask = torch.zeros(1, 8, 8, dtype=torch.long)
     mask[0, :4, 4:] = 1
@@ -97,9 +88,7 @@ def test_pure_coverage_counts_pixels_and_errors_in_pure_patches() -> None:
     prediction = mask.clamp(max=5).clone()
     prediction[0, 7, 7] = 2
     prediction[0, 1, 5] = 0
-    network = Constant(prediction).train()
-    shares = pure_coverage(network, [(torch.zeros(1, 3, 8, 8), mask)], [4, 8], 6)
-    assert network.training
+    shares = pure_coverage([(prediction, [], mask)], [4, 8], 6)
     labelled = 63
     assert shares["stride4_pixels"] == pytest.approx(32 / labelled)
     assert shares["stride4_errors"] == pytest.approx(1 / 2)
