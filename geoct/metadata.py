@@ -25,6 +25,10 @@ class ModelSpec:
         patch_size: Side of the training patches and default prediction window, in pixels.
         classes: Class ids, names and colours.
         height_source: ``"dsm"``, ``"ndsm"`` or ``None`` when there is no height band.
+        dtype: Data type of the training imagery (``"uint8"``, ``"float32"``...), or
+            ``None`` when unknown (checkpoints from before it was recorded).
+        value_range: Per-band ``(min, max)`` of the training pixels, in raster units,
+            or ``None`` when unknown.
     """
 
     bands: tuple[str, ...]
@@ -34,11 +38,15 @@ class ModelSpec:
     patch_size: int
     classes: ClassTable
     height_source: str | None = None
+    dtype: str | None = None
+    value_range: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
         """Check that statistics match the bands."""
         if not len(self.bands) == len(self.mean) == len(self.std):
             raise ValueError("bands, mean and std must have the same length")
+        if self.value_range is not None and len(self.value_range) != len(self.bands):
+            raise ValueError("value_range must have one (min, max) pair per band")
 
     @property
     def in_channels(self) -> int:
@@ -62,6 +70,8 @@ class ModelSpec:
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
         d["classes"] = self.classes.to_dict()
+        if self.value_range is not None:
+            d["value_range"] = [list(r) for r in self.value_range]
         return d
 
     @classmethod
@@ -75,4 +85,8 @@ class ModelSpec:
             patch_size=int(d["patch_size"]),
             classes=ClassTable.from_dict(d["classes"]),
             height_source=d.get("height_source"),
+            dtype=d.get("dtype"),
+            value_range=tuple((float(lo), float(hi)) for lo, hi in d["value_range"])
+            if d.get("value_range") is not None
+            else None,
         )

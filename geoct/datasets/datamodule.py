@@ -3,6 +3,7 @@
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import DataLoader
 from torchgeo.datamodules import GeoDataModule
@@ -158,6 +159,8 @@ class PotsdamDataModule(GeoDataModule):
             patch_size=int(self.patch_size),
             classes=self.info.classes,
             height_source=self.height,
+            dtype=stats[self.bands[0]].get("dtype"),
+            value_range=_value_range(stats, names),
         )
 
     def build_dataset(self, tile_ids: Sequence[str]) -> GeoDataset:
@@ -225,3 +228,12 @@ def _leaves(dataset: GeoDataset | None) -> Iterator[AlignedRasterDataset]:
         yield dataset
     for child in getattr(dataset, "datasets", ()):
         yield from _leaves(child)
+
+
+def _value_range(
+    stats: dict[str, dict[str, Any]], names: Sequence[str]
+) -> tuple[tuple[float, float], ...] | None:
+    """Per-band ``(min, max)`` from ``dataset.json`` statistics, or ``None`` if any is missing."""
+    if any("min" not in stats[n] or "max" not in stats[n] for n in names):
+        return None
+    return tuple((float(stats[n]["min"]), float(stats[n]["max"])) for n in names)

@@ -15,6 +15,7 @@ read with no merge or warp.
 """
 
 import json
+import math
 import os
 import re
 import warnings
@@ -322,14 +323,18 @@ def ids_to_colors(ids: np.ndarray, classes: ClassTable) -> np.ndarray:
 
 
 class RunningStats:
-    """Per-band mean and standard deviation accumulated over many rasters.
+    """Per-band mean, standard deviation, value range and data type over many rasters.
 
-    Sums are kept in float64, so statistics of full tiles are exact.
+    Sums are kept in float64, so statistics of full tiles are exact. The range and
+    the data type are recorded so that prediction can refuse imagery whose values
+    the model never saw (uint16 for a byte model, reflectance in 0..1, ...).
     """
 
     def __init__(self) -> None:
         """Initialise empty accumulators."""
         self._sums: dict[str, list[float]] = {}
+        self._ranges: dict[str, list[float]] = {}
+        self._dtypes: dict[str, str] = {}
 
     def update(self, name: str, values: np.ndarray, nodata: float | None = None) -> None:
         """Add the pixels of one band.
@@ -339,6 +344,7 @@ class RunningStats:
             values: Pixel values of any shape.
             nodata: Value to leave out, if any; non-finite values are always left out.
         """
+        self._dtypes.setdefault(name, str(values.dtype))
         v = values.astype(np.float64, copy=False).ravel()
         valid = np.isfinite(v)
         if nodata is not None:
@@ -349,15 +355,21 @@ class RunningStats:
         acc[0] += v.size
         acc[1] += float(v.sum())
         acc[2] += float(np.dot(v, v))
+        if v.size:
+            lo, hi = self._ranges.setdefault(name, [math.inf, -math.inf])
+            self._ranges[name] = [min(lo, float(v.min())), max(hi, float(v.max()))]
 
-    def result(self) -> dict[str, dict[str, float]]:
-        """Return ``{name: {"mean": m, "std": s}}``; a constant band gets ``std`` 1."""
-        out = {}
+    def result(self) -> dict[str, dict[str, Any]]:
+        """Return ``{name: {"mean", "std", "min", "max", "dtype"}}``; a constant band gets ``std`` 1."""
+        out: dict[str, dict[str, Any]] = {}
         for name, (n, s, ss) in self._sums.items():
             mean = s / max(n, 1)
             var = max(ss / max(n, 1) - mean * mean, 0.0)
             std = float(np.sqrt(var))
             out[name] = {"mean": mean, "std": std if std > 1e-6 else 1.0}
+            if name in self._ranges:
+                out[name]["min"], out[name]["max"] = self._ranges[name]
+            out[name]["dtype"] = self._dtypes[name]
         return out
 
 
@@ -374,7 +386,8 @@ class DatasetInfo:
             this is ``"dsm"``, ``"ndsm"``, a list, or null.
         classes: Class table of the labels.
         splits: Tile ids of the ``train``, ``val`` and ``test`` splits.
-        stats: ``{band or "dsm"/"ndsm": {"mean", "std"}}`` over the training tiles.
+        stats: ``{band or "dsm"/"ndsm": {"mean", "std", "min", "max", "dtype"}}`` over the
+            training tiles (``min``, ``max`` and ``dtype`` may be missing in older files).
         block_size: Side of the GeoTIFF blocks, in pixels.
         tiles: ``{tile_id: {product: path relative to the root}}``.
     """
@@ -386,7 +399,7 @@ class DatasetInfo:
     classes: ClassTable
     height: list[str] = field(default_factory=list)
     splits: dict[str, list[str]] = field(default_factory=dict)
-    stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     block_size: int = DEFAULT_BLOCK_SIZE
     tiles: dict[str, dict[str, str]] = field(default_factory=dict)
 

@@ -14,12 +14,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import rasterio
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from ..classes import RGB, ClassTable
 from ..errors import AlignmentError, InputError
+from ..raster_io import open_raster
 
 #: Metadata tags (dataset or band 1) that may hold the class names, as a JSON list
 #: of names or a JSON :meth:`ClassTable.to_dict`.
@@ -48,26 +48,6 @@ DEFAULT_COLORS: tuple[RGB, ...] = (
     (219, 219, 141),
     (158, 218, 229),
 )
-
-
-def open_raster(path: str | Path) -> DatasetReader:
-    """Open a raster for reading, turning failures into :class:`InputError`.
-
-    Args:
-        path: Raster file.
-
-    Returns:
-        The open dataset.
-
-    Raises:
-        InputError: If the file is missing or not a raster.
-    """
-    if not Path(path).exists():
-        raise InputError(path, "file not found")
-    try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as e:
-        raise InputError(path, f"not a readable raster ({e})") from None
 
 
 def block_windows(height: int, width: int, size: int) -> Iterator[Window]:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..classes import ClassTable
 from ..errors import ConfigError, InputError
+from ..raster_io import atomic_output, check_output, open_raster, warp_to_grid
 from .class_raster import (
     block_windows,
     check_same_grid,
@@ -32,10 +33,8 @@ from .class_raster import (
     has_colour_table,
     ignore_value,
     max_class_id,
-    open_raster,
     read_class_table,
 )
-from .raster_io import atomic_output, check_output, warp_to_grid
 
 #: Classes left out of the second macro average when none are named (Potsdam convention).
 DEFAULT_EXCLUDED = ("clutter",)

@@ -4,8 +4,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..classes import ClassTable
+from ..raster_io import atomic_output, check_output
 from .class_raster import read_class_table
-from .raster_io import atomic_output, check_output
 from .styles import raster_qml, raster_sld
 
 

@@ -30,8 +30,8 @@ from shapely.geometry import box, mapping, shape
 from ..classes import ClassTable
 from ..errors import InputError
 from ..metadata import ModelSpec
-from .class_raster import has_class_names, max_class_id, open_raster, read_class_table
-from .raster_io import atomic_output
+from ..raster_io import atomic_output, open_raster
+from .class_raster import has_class_names, max_class_id, read_class_table
 from .styles import hex_color
 
 #: Asset key -> (title, roles) of each prediction output.

@@ -31,15 +31,14 @@ from tqdm import tqdm
 
 from ..classes import ClassTable
 from ..errors import InputError
+from ..raster_io import atomic_output, check_output, open_raster
 from .class_raster import (
     block_windows,
     check_same_grid,
     fallback_names,
     ignore_value,
-    open_raster,
     read_class_table,
 )
-from .raster_io import atomic_output, check_output
 from .styles import vector_qml, vector_sld
 
 #: Output formats by file extension: OGR driver and whether features go to EPSG:4326.

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
-from ..export.raster_io import atomic_output, check_output
+from ..raster_io import atomic_output, check_output
 from .engine import PredictionResult, PredictOptions, predict_scene
 from .writer import OutputPaths
 

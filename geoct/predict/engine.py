@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import ConfigError
-from ..export.raster_io import atomic_output, check_output
 from ..export.styles import raster_qml
 from ..metadata import ModelSpec
+from ..raster_io import atomic_output, check_output
 from .accumulator import StreamingBlender
 from .reader import GSD_TOLERANCE, SceneReader, gsd_ratio
 from .windows import WindowGrid

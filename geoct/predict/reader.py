@@ -15,38 +15,15 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from ..errors import AlignmentError, ConfigError, InputError
-from ..export.raster_io import warp_to_grid
 from ..metadata import ModelSpec
+from ..raster_io import open_raster, warp_to_grid
 
 #: Relative difference between scene and checkpoint GSD above which a warning is given.
 GSD_TOLERANCE = 0.10
-
-
-def open_raster(path: str | Path) -> rasterio.DatasetReader:
-    """Open *path* with rasterio, turning failures into :class:`InputError`.
-
-    Args:
-        path: A raster file (GeoTIFF, VRT, ...).
-
-    Returns:
-        The open dataset.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "file not found")
-    try:
-        src = rasterio.open(path)
-    except RasterioIOError:
-        raise InputError(path, "not a raster GDAL can read") from None
-    if src.crs is None:
-        src.close()
-        raise InputError(path, "raster has no CRS (georeferencing is required)")
-    return src
 
 
 def band_indexes(src: rasterio.DatasetReader, spec: ModelSpec, path: Path) -> list[int]:
@@ -107,7 +84,7 @@ def open_dsm(path: str | Path, scene: rasterio.DatasetReader, scene_path: Path):
         A dataset on exactly the scene grid (the DSM itself or a WarpedVRT).
     """
     path = Path(path)
-    dsm = open_raster(path)
+    dsm = open_raster(path, georeferenced=True)
     left, bottom, right, top = transform_bounds(dsm.crs, scene.crs, *dsm.bounds)
     s = scene.bounds
     if min(right, s.right) <= max(left, s.left) or min(top, s.top) <= max(bottom, s.bottom):
@@ -161,7 +138,7 @@ class SceneReader:
         """
         self.path = Path(scene)
         self.spec = spec
-        self.src = open_raster(self.path)
+        self.src = open_raster(self.path, georeferenced=True)
         self.dsm = None
         try:
             self.indexes = band_indexes(self.src, spec, self.path)

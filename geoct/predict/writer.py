@@ -34,7 +34,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from ..classes import ClassTable
-from ..export.raster_io import atomic_output
+from ..raster_io import atomic_output
 
 #: Nodata value of the class raster.
 CLASS_NODATA = 255

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from geoct.errors import InputError, OutputExistsError
-from geoct.export.raster_io import atomic_output, check_output
+from geoct.raster_io import atomic_output, check_output
 
 
 def test_renames_file_and_sidecars_on_success(tmp_path: Path) -> None:

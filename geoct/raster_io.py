@@ -1,16 +1,89 @@
-"""Atomic writing of output files: a temporary name in the target folder, renamed when complete."""
+"""Opening, warping and atomically writing rasters: the I/O that predict, export and the datasets share.
+
+Inputs are opened with :func:`open_raster`, which turns every way a file can fail
+to open into one :class:`~geoct.errors.InputError`, and, for inputs that must be
+georeferenced, refuses rasters placed only by ground control points or RPCs
+instead of silently reading them at the identity transform. Outputs are written
+under a temporary name in their folder and renamed when complete
+(:func:`atomic_output`).
+"""
 
 import contextlib
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import rasterio
+from affine import Affine
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 
-from ..errors import InputError, OutputExistsError
+from .errors import InputError, OutputExistsError
+
+
+def open_raster(path: str | Path, georeferenced: bool = False) -> DatasetReader:
+    """Open a raster for reading, turning failures into :class:`InputError`.
+
+    Args:
+        path: Raster file (GeoTIFF, VRT, ...).
+        georeferenced: Require a CRS and a geotransform. Rasters referenced only by
+            ground control points or RPCs are refused with the ``gdalwarp`` command
+            that turns them into a georeferenced grid, since reading them here would
+            place them at the identity transform.
+
+    Returns:
+        The open dataset.
+
+    Raises:
+        InputError: If the file is missing or not a raster, or lacks a CRS or a
+            geotransform when *georeferenced* is true.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+    except RasterioIOError:
+        raise InputError(path, "not a raster GDAL can read") from None
+    if georeferenced:
+        try:
+            check_georeferenced(src, path)
+        except BaseException:
+            src.close()
+            raise
+    return src
+
+
+def check_georeferenced(src: DatasetReader, path: Path) -> None:
+    """Raise :class:`InputError` unless *src* has a CRS and a geotransform.
+
+    Args:
+        src: The open raster.
+        path: Its path, for messages.
+    """
+    gcps, _ = src.gcps
+    if src.transform == Affine.identity() and gcps:
+        raise InputError(
+            path,
+            f"is georeferenced by {len(gcps)} ground control points, not a geotransform; "
+            "warp it to a grid first, e.g. 'gdalwarp -r bilinear -tps IN.tif OUT.tif'",
+        )
+    if src.transform == Affine.identity() and src.rpcs is not None:
+        raise InputError(
+            path,
+            "is georeferenced by RPCs, not a geotransform; orthorectify it first, e.g. "
+            "'gdalwarp -rpc -to RPC_DEM=dem.tif -r bilinear IN.tif OUT.tif'",
+        )
+    if src.crs is None:
+        raise InputError(path, "raster has no CRS (georeferencing is required)")
+    if src.transform == Affine.identity():
+        raise InputError(path, "raster has no geotransform (georeferencing is required)")
 
 
 def check_output(path: str | Path, overwrite: bool) -> Path:
