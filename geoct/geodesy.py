@@ -78,7 +78,7 @@ def ground_pixel_size(
     """
     crs = CRS.from_user_input(crs)
     cx, cy = width / 2, height / 2
-    points = [transform * (cx, cy), transform * (cx + 1, cy), transform * (cx, cy + 1)]
+    points = [transform @ (cx, cy), transform @ (cx + 1, cy), transform @ (cx, cy + 1)]
     lon, lat = _to_lonlat(crs).transform([p[0] for p in points], [p[1] for p in points])
     geod = _geod(crs)
     _, _, dx = geod.inv(lon[0], lat[0], lon[1], lat[1])
@@ -121,6 +121,29 @@ def _apply(transformer: Transformer, geoms: np.ndarray) -> np.ndarray:
     return shapely.transform(geoms, xy)
 
 
+def _unwrap(lonlat: np.ndarray, crs: CRS) -> np.ndarray:
+    """Keep a projected scene across the antimeridian contiguous in longitude.
+
+    Longitudes come back wrapped to [-180, 180]; for a projected CRS a scene spanning
+    more than 180 degrees is one that crosses the antimeridian, so longitudes more
+    than 180 degrees from the median are shifted by 360. Geographic CRSs keep their
+    own longitudes (a whole-world scene spans -180..180 on purpose).
+    """
+    if crs.is_geographic:
+        return lonlat
+    west, _, east, _ = shapely.total_bounds(lonlat)
+    if east - west <= 180:
+        return lonlat
+    ref = float(np.median(shapely.get_coordinates(lonlat)[:, 0]))
+
+    def shift(xy: np.ndarray) -> np.ndarray:
+        lon = xy[:, 0]
+        lon = np.where(lon - ref > 180, lon - 360, np.where(lon - ref < -180, lon + 360, lon))
+        return np.column_stack([lon, xy[:, 1]])
+
+    return shapely.transform(lonlat, shift)
+
+
 def ground_area_perimeter(
     geoms: np.ndarray, crs: CRS | str | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -141,9 +164,12 @@ def ground_area_perimeter(
         return np.zeros(0), np.zeros(0)
     crs = CRS.from_user_input(crs)
     dense = shapely.segmentize(geoms, densify_step(crs))
-    lonlat = _apply(_to_lonlat(crs), dense)
+    lonlat = _unwrap(_apply(_to_lonlat(crs), dense), crs)
     west, _, east, _ = shapely.total_bounds(lonlat)
     area = shapely.area(_apply(_equal_area(crs, (west + east) / 2), lonlat))
     geod = _geod(crs)
-    perimeter = np.array([geod.geometry_length(g) for g in lonlat], dtype=np.float64)
+    perimeter = np.array(
+        [sum(geod.line_length(*ring.xy) for ring in shapely.get_rings(g)) for g in lonlat],
+        dtype=np.float64,
+    )
     return np.asarray(area, dtype=np.float64), perimeter

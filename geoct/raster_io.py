@@ -9,10 +9,11 @@ under a temporary name in their folder and renamed when complete
 """
 
 import contextlib
+import json
 import os
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import rasterio
@@ -184,3 +185,67 @@ def warp_to_grid(
         resampling=resampling,
         **kwargs,
     )
+
+
+def _journal(first: Path) -> Path:
+    return first.with_name(f".{first.name}.geoct-publishing.json")
+
+
+def _restore(journal: Path) -> None:
+    """Undo an unfinished :func:`output_set`: remove its new files and put back the old ones."""
+    record = json.loads(journal.read_text(encoding="utf-8"))
+    for path in record["paths"]:
+        with contextlib.suppress(FileNotFoundError):
+            Path(path).unlink()
+    for backup, path in record["backups"].items():
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(backup, path)
+    journal.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_set(paths: Sequence[str | Path], overwrite: bool = False) -> Iterator[list[Path]]:
+    """Publish the files at *paths* as one unit: all of them or none.
+
+    Each file is still written atomically (:func:`atomic_output`) inside the block;
+    this makes the set atomic too. Before the block, existing files (only with
+    *overwrite*) are moved aside and a journal beside the first path records the
+    set. If the block fails or is interrupted, every file of the set it wrote is
+    removed and the old ones are put back. If the process dies instead, the
+    journal stays and the next :func:`output_set` on the same first path finishes
+    that undo first, so a rerun after any interruption starts clean.
+
+    Args:
+        paths: Every file the unit may write (the first names the journal).
+        overwrite: Whether existing files may be replaced.
+
+    Yields:
+        The paths, checked to be writable.
+
+    Raises:
+        OutputExistsError: If a file exists and *overwrite* is false.
+    """
+    paths = [Path(p) for p in paths]
+    journal = _journal(paths[0])
+    if journal.exists():
+        _restore(journal)
+    for path in paths:
+        check_output(path, overwrite)
+    backups = {
+        str(p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.backup")): str(p)
+        for p in paths
+        if p.exists()
+    }
+    journal.write_text(
+        json.dumps({"paths": [str(p) for p in paths], "backups": backups}), encoding="utf-8"
+    )
+    for backup, path in backups.items():
+        os.replace(path, backup)
+    try:
+        yield paths
+    except BaseException:
+        _restore(journal)
+        raise
+    for backup in backups:
+        Path(backup).unlink(missing_ok=True)
+    journal.unlink(missing_ok=True)

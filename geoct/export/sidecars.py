@@ -1,4 +1,14 @@
-"""Style files written beside a class raster, for QGIS and GeoServer."""
+"""Style files written beside class rasters and polygon layers, for QGIS and GeoServer.
+
+QGIS applies ``NAME.qml`` automatically when it opens ``NAME.EXT`` (the last
+extension replaced), so each file that QGIS should open styled gets a QML with its
+base name: ``SCENE.classes.qml`` for ``SCENE.classes.tif`` and ``SCENE.polygons.qml``
+for ``SCENE.polygons.geojson``. A GeoPackage carries its QGIS style inside (the
+``layer_styles`` table), so it needs none. SLDs are not loaded automatically and
+are named after the whole file name of a polygon layer (``SCENE.polygons.gpkg.sld``,
+``SCENE.polygons.geojson.sld``), so the GeoPackage and the GeoJSON of one layer can
+sit side by side in one folder.
+"""
 
 from contextlib import ExitStack
 from pathlib import Path
@@ -13,6 +23,24 @@ def raster_style_paths(raster: str | Path) -> dict[str, Path]:
     """Return ``NAME.qml`` (loaded by QGIS with ``NAME.tif``) and ``NAME.sld`` for a raster."""
     raster = Path(raster)
     return {"qml": raster.with_suffix(".qml"), "sld": raster.with_suffix(".sld")}
+
+
+def vector_style_paths(layer: str | Path) -> dict[str, Path]:
+    """Return the style files written beside a polygon layer.
+
+    Args:
+        layer: ``NAME.gpkg`` or ``NAME.geojson`` (or ``NAME.json``) polygon layer.
+
+    Returns:
+        ``{"sld": NAME.EXT.sld}``, plus ``{"qml": NAME.qml}`` (which QGIS loads with
+        the layer) for formats that cannot store a style themselves, i.e. all but
+        GeoPackage.
+    """
+    layer = Path(layer)
+    paths = {"sld": layer.with_name(f"{layer.name}.sld")}
+    if layer.suffix.lower() != ".gpkg":
+        paths["qml"] = layer.with_suffix(".qml")
+    return paths
 
 
 def write_raster_styles(

@@ -3,8 +3,10 @@
 The Item uses the ``classification`` extension for the class raster (values,
 names, colours), the ``proj`` extension for the shared pixel grid and ``raster``
 for nodata and data types; its bbox and geometry are the raster footprint in
-EPSG:4326. Provenance (checkpoint hash, config, window, overlap, versions) is
-stored in ``geoct:``-prefixed properties.
+EPSG:4326 (the true quadrilateral of a rotated or sheared grid). ``gsd`` and the
+bands' ``spatial_resolution`` are ground metres at the scene centre, also for
+lon/lat and Web Mercator rasters. Provenance (checkpoint hash, config, window,
+overlap, versions) is stored in ``geoct:``-prefixed properties.
 
 Schema validation with :meth:`pystac.Item.validate` downloads the extension
 schemas; :func:`validate_offline` checks what can be checked without a network.
@@ -19,16 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import pystac
+import shapely
 from pystac.extensions.classification import Classification, ClassificationExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from pystac.validation import validate_dict
 from rasterio.io import DatasetReader
 from rasterio.warp import transform_geom
-from shapely.geometry import box, mapping, shape
+from shapely.geometry import mapping, shape
+from shapely.geometry.polygon import orient
 
 from ..classes import ClassTable
 from ..errors import InputError
+from ..geodesy import ground_gsd
 from ..metadata import ModelSpec
 from ..raster_io import atomic_output, open_raster
 from .class_raster import has_class_names, max_class_id, read_class_table
@@ -50,6 +55,9 @@ MEDIA_TYPES: dict[str, str] = {
     ".geojson": pystac.MediaType.GEOJSON,
 }
 
+#: Points per footprint edge, so that edges keep their shape in EPSG:4326.
+FOOTPRINT_POINTS = 16
+
 #: Prefix of the provenance properties.
 PREFIX = "geoct:"
 
@@ -70,13 +78,46 @@ def stac_name(name: str) -> str:
 def footprint(src: DatasetReader) -> dict[str, Any]:
     """Return the raster footprint as a GeoJSON polygon in EPSG:4326.
 
+    The outline joins the four outer pixel corners through the affine transform
+    (for rotated and sheared grids a rotated quadrilateral, not the bounding box),
+    with :data:`FOOTPRINT_POINTS` points per edge, counter-clockwise (RFC 7946).
+
     Raises:
         InputError: If the raster has no CRS.
     """
     if src.crs is None:
         raise InputError(src.name, "has no CRS, cannot place it on the map for STAC")
-    outline = box(*src.bounds).segmentize(max(src.bounds[2] - src.bounds[0], 1) / 16)
-    return transform_geom(src.crs, "EPSG:4326", mapping(outline))
+    steps = [i / FOOTPRINT_POINTS for i in range(FOOTPRINT_POINTS)]
+    w, h = src.width, src.height
+    corners = [(w * t, 0) for t in steps] + [(w, h * t) for t in steps]
+    corners += [(w * (1 - t), h) for t in steps] + [(0, h * (1 - t)) for t in steps]
+    outline = orient(shapely.Polygon([src.transform @ c for c in corners]))
+    geometry = transform_geom(src.crs, "EPSG:4326", mapping(outline))
+    return mapping(_counter_clockwise(shape(geometry)))
+
+
+def _counter_clockwise(geometry: shapely.Geometry) -> shapely.Geometry:
+    if isinstance(geometry, shapely.MultiPolygon):
+        return shapely.MultiPolygon([orient(part) for part in geometry.geoms])
+    return orient(geometry)
+
+
+def footprint_bbox(geometry: dict[str, Any]) -> list[float]:
+    """Return the STAC bbox of a footprint in EPSG:4326.
+
+    A footprint cut in two at the antimeridian gets a bbox whose west edge is
+    east of its east edge, as STAC and RFC 7946 specify, instead of one that spans
+    the whole globe.
+    """
+    geom = shape(geometry)
+    west, south, east, north = geom.bounds
+    if isinstance(geom, shapely.MultiPolygon) and west <= -180 and east >= 180:
+        bounds = [part.bounds for part in geom.geoms]
+        eastern = [b[0] for b in bounds if b[2] >= 180 and b[0] > -180]
+        western = [b[2] for b in bounds if b[0] <= -180 and b[2] < 180]
+        if eastern and western:
+            return [min(eastern), south, max(western), north]
+    return [west, south, east, north]
 
 
 def classification_classes(classes: ClassTable) -> list[Classification]:
@@ -101,13 +142,20 @@ def _asset(path: Path, key: str) -> pystac.Asset:
     return pystac.Asset(href=str(path.resolve()), title=title, media_type=media_type, roles=roles)
 
 
+def raster_gsd(src: DatasetReader) -> float | None:
+    """Return the ground sample distance of a raster in metres, or None without a CRS."""
+    if src.crs is None:
+        return None
+    return ground_gsd(src.crs, src.transform, src.width, src.height)
+
+
 def _raster_band(src: DatasetReader, band: int) -> RasterBand:
     nodata = src.nodatavals[band - 1]
     scale = src.scales[band - 1]
     return RasterBand.create(
         nodata=nodata,
         data_type=DataType(src.dtypes[band - 1]),
-        spatial_resolution=abs(src.transform.a),
+        spatial_resolution=raster_gsd(src),
         scale=scale if scale != 1.0 else None,
     )
 
@@ -183,12 +231,12 @@ def build_stac_item(
         geometry = footprint(src)
         crs, transform, shape_hw = src.crs, src.transform, [src.height, src.width]
         bounds = list(src.bounds)
-        gsd = abs(src.transform.a)
+        gsd = raster_gsd(src)
         table = classes or (spec.classes if spec else None) or _raster_classes(classes_path, src)
     item = pystac.Item(
         id=item_id or classes_path.name.removesuffix(".tif").removesuffix(".classes"),
         geometry=geometry,
-        bbox=list(shape(geometry).bounds),
+        bbox=footprint_bbox(geometry),
         datetime=when,
         properties=provenance_properties(provenance, spec),
     )

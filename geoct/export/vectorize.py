@@ -9,6 +9,10 @@ borders comes out as one polygon. Working on integer pixel corners keeps shared
 edges exact. Polygons are then moved to map coordinates, simplified as a coverage
 (shared edges stay shared), filtered by area and written with their attributes
 and QGIS/SLD styles.
+
+Areas, perimeters, ``min_area`` and the simplification tolerance are ground values
+in metres whatever the CRS (see :mod:`geoct.geodesy`): Web Mercator or lon/lat map
+units are never reported as metres.
 """
 
 import sqlite3
@@ -23,14 +27,15 @@ import numpy as np
 import pyogrio
 import shapely
 from affine import Affine
-from pyproj import CRS, Geod
+from pyproj import CRS
 from rasterio import features
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 from tqdm import tqdm
 
 from ..classes import ClassTable
-from ..errors import InputError
+from ..errors import ConfigError, InputError
+from ..geodesy import ground_area_perimeter, ground_pixel_size, pixel_size
 from ..raster_io import atomic_output, check_output, open_raster
 from .class_raster import (
     block_windows,
@@ -39,6 +44,7 @@ from .class_raster import (
     ignore_value,
     read_class_table,
 )
+from .sidecars import vector_style_paths
 from .styles import vector_qml, vector_sld
 
 #: Output formats by file extension: OGR driver and whether features go to EPSG:4326.
@@ -47,6 +53,17 @@ FORMATS: dict[str, tuple[str, bool]] = {
     ".geojson": ("GeoJSON", True),
     ".json": ("GeoJSON", True),
 }
+
+#: GeoPackage versions that can be written. 1.2 is what GDAL < 3.7 writes itself, so
+#: QGIS builds on older GDAL (e.g. QGIS 3.22 on Debian 12) open it without warning
+#: that the file "may only be partially supported", as they do for 1.4.
+GPKG_VERSIONS = ("1.2", "1.3", "1.4")
+
+#: GeoPackage version written by default.
+DEFAULT_GPKG_VERSION = "1.2"
+
+#: Longest ``layer_styles.styleName`` (a ``TEXT(30)`` column).
+STYLE_NAME_LENGTH = 30
 
 #: Attribute columns of the polygon layer, with their dtypes.
 COLUMNS: dict[str, str] = {
@@ -276,29 +293,31 @@ def simplify_coverage(geoms: np.ndarray, tolerance: float, transform: Affine) ->
     return shapely.coverage_simplify(noded, tolerance)
 
 
-def measure(geoms: np.ndarray, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
-    """Return the area (m²) and perimeter (m) of each polygon.
+def map_tolerance(
+    metres: float, crs: CRS | str | None, transform: Affine, width: int, height: int
+) -> float:
+    """Convert a ground distance to map units of a raster's CRS, at the scene centre.
 
-    Projected CRS units are converted to metres; a geographic CRS is measured on
-    its ellipsoid.
+    The ratio of map to ground length of one pixel step is taken along columns and
+    along rows, and the smaller is used, so that the distance is at most *metres* on
+    the ground in any direction at the centre (in lon/lat, a degree of latitude is
+    longer on the ground than one of longitude).
 
     Args:
-        geoms: Polygons in map coordinates.
-        crs: Their CRS, or None (values in map units).
+        metres: Ground distance.
+        crs: The raster's CRS; without one, *metres* is returned as map units.
+        transform: Pixel-to-map transform.
+        width: Raster columns.
+        height: Raster rows.
 
     Returns:
-        Areas and perimeters.
+        The distance in map units.
     """
-    if crs is not None and crs.is_geographic:
-        geod = Geod(ellps="WGS84") if crs.ellipsoid is None else crs.get_geod()
-        measured = [geod.geometry_area_perimeter(g) for g in geoms]
-        area = np.abs(np.array([m[0] for m in measured], dtype=np.float64))
-        perimeter = np.array([m[1] for m in measured], dtype=np.float64)
-        return area, perimeter
-    factor = 1.0
-    if crs is not None and crs.axis_info and crs.axis_info[0].unit_conversion_factor:
-        factor = crs.axis_info[0].unit_conversion_factor
-    return shapely.area(geoms) * factor**2, shapely.length(geoms) * factor
+    if crs is None or metres <= 0:
+        return metres
+    ground = ground_pixel_size(crs, transform, width, height)
+    ratios = [m / g for m, g in zip(pixel_size(transform), ground, strict=True) if g > 0]
+    return metres * min(ratios, default=1.0)
 
 
 def empty_frame(crs: CRS | None, with_confidence: bool) -> gpd.GeoDataFrame:
@@ -325,15 +344,15 @@ def build_frame(
         merged: Seamless polygons with their statistics.
         classes: Class names by id.
         geoms: The simplified polygons in map coordinates.
-        crs: Map CRS.
-        min_area: Smallest area kept, in m².
+        crs: Map CRS; areas and perimeters are in map units without one.
+        min_area: Smallest ground area kept, in m².
         with_confidence: Whether to add ``mean_confidence``.
 
     Returns:
         The polygon layer.
     """
     keep = ~shapely.is_empty(geoms)
-    area, perimeter = measure(geoms, crs)
+    area, perimeter = ground_area_perimeter(geoms, crs)
     keep &= area >= min_area
     if not keep.any():
         return empty_frame(crs, with_confidence)
@@ -354,6 +373,19 @@ def build_frame(
         with np.errstate(invalid="ignore", divide="ignore"):
             columns["mean_confidence"] = np.where(count > 0, total / count, np.nan)
     return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries(geoms[keep], crs=crs), crs=crs)
+
+
+def style_name(layer: str) -> str:
+    """Return a ``layer_styles.styleName`` for *layer*: its name, shortened to 30 characters.
+
+    Long names keep their start and end around a ``~``, since scene names tend to
+    differ at either end (``S2A_..._T33UUU.polygons``).
+    """
+    if len(layer) <= STYLE_NAME_LENGTH:
+        return layer
+    head = (STYLE_NAME_LENGTH - 1) // 2
+    tail = STYLE_NAME_LENGTH - 1 - head
+    return f"{layer[:head]}~{layer[-tail:]}"
 
 
 def add_layer_style(gpkg: Path, layer: str, qml: str, sld: str) -> None:
@@ -377,7 +409,7 @@ def add_layer_style(gpkg: Path, layer: str, qml: str, sld: str) -> None:
             "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "
             "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, "
             f"owner, ui, update_time) VALUES ('', '', ?, ?, ?, ?, ?, 1, ?, '', NULL, {now})",
-            (layer, row[0], layer, qml, sld, "geoct land-cover classes"),
+            (layer, row[0], style_name(layer), qml, sld, "geoct land-cover classes"),
         )
         db.execute(
             "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, "
@@ -386,16 +418,26 @@ def add_layer_style(gpkg: Path, layer: str, qml: str, sld: str) -> None:
         )
 
 
-def sidecar_paths(output: Path) -> dict[str, Path]:
-    """Return the style files written beside a polygon layer (``.sld``; ``.qml`` for GeoJSON)."""
-    paths = {"sld": output.with_suffix(".sld")}
-    if output_format(output)[1]:
-        paths["qml"] = output.with_suffix(".qml")
-    return paths
+def check_gpkg_version(gpkg_version: str) -> str:
+    """Return *gpkg_version* if GeoPackages of that version can be written.
+
+    Raises:
+        ConfigError: Otherwise.
+    """
+    if gpkg_version not in GPKG_VERSIONS:
+        raise ConfigError(
+            f"GeoPackage version {gpkg_version!r} is not supported "
+            f"(use one of {', '.join(GPKG_VERSIONS)})"
+        )
+    return gpkg_version
 
 
 def write_layer(
-    frame: gpd.GeoDataFrame, output: Path, classes: ClassTable, overwrite: bool
+    frame: gpd.GeoDataFrame,
+    output: Path,
+    classes: ClassTable,
+    overwrite: bool,
+    gpkg_version: str = DEFAULT_GPKG_VERSION,
 ) -> None:
     """Write the polygon layer and its styles.
 
@@ -404,10 +446,12 @@ def write_layer(
         output: ``.gpkg`` or ``.geojson`` file.
         classes: Class names and colours for the styles.
         overwrite: Whether existing files may be replaced.
+        gpkg_version: GeoPackage version of a ``.gpkg`` output.
     """
     driver, geographic = output_format(output)
     qml, sld = vector_qml(classes), vector_sld(classes, name=output.stem)
     options = {}
+    dataset_options = {"VERSION": gpkg_version} if driver == "GPKG" else {}
     if geographic:
         frame = frame.to_crs(4326)
         options["RFC7946"] = "YES"
@@ -416,7 +460,7 @@ def write_layer(
         tmp = stack.enter_context(atomic_output(output, overwrite))
         sidecars = {
             kind: stack.enter_context(atomic_output(path, overwrite))
-            for kind, path in sidecar_paths(output).items()
+            for kind, path in vector_style_paths(output).items()
         }
         pyogrio.write_dataframe(
             frame,
@@ -425,6 +469,7 @@ def write_layer(
             driver=driver,
             geometry_type="Polygon",
             layer_options=options,
+            dataset_options=dataset_options,
         )
         if driver == "GPKG":
             add_layer_style(tmp, output.stem, qml, sld)
@@ -455,33 +500,41 @@ def vectorize_raster(
     overwrite: bool = False,
     block_size: int = 1024,
     progress: bool = True,
+    gpkg_version: str = DEFAULT_GPKG_VERSION,
 ) -> Path:
     """Polygonise a class raster into a styled GeoPackage or GeoJSON layer.
 
     Args:
         classes_path: Single-band class raster (nodata is never polygonised).
-        output_path: ``.gpkg`` (layer named after the file stem) or ``.geojson``
-            (RFC 7946, EPSG:4326) file; a ``.sld`` (and for GeoJSON a ``.qml``) is
-            written beside it.
+        output_path: ``.gpkg`` (layer named after the file stem, QGIS style
+            inside) or ``.geojson`` (RFC 7946, EPSG:4326) file; ``NAME.EXT.sld``
+            (and for GeoJSON ``NAME.qml``, which QGIS loads with it) is written
+            beside it (:func:`~geoct.export.sidecars.vector_style_paths`).
         confidence_path: Confidence raster on the same grid, for ``mean_confidence``.
-        simplify: Simplification tolerance in map units; 0 keeps pixel edges.
-        min_area: Polygons smaller than this many m² are dropped.
+        simplify: Simplification tolerance in metres on the ground (converted to
+            map units at the scene centre, see :func:`map_tolerance`; in map units
+            for a raster without CRS); 0 keeps pixel edges.
+        min_area: Polygons smaller than this ground area in m² are dropped.
         classes: Class table or names overriding those stored in the raster.
         overwrite: Whether existing outputs may be replaced.
         block_size: Side in pixels of the blocks read and polygonised at a time.
         progress: Show a progress bar.
+        gpkg_version: GeoPackage version of a ``.gpkg`` output (one of
+            :data:`GPKG_VERSIONS`).
 
     Returns:
         The written layer.
 
     Raises:
+        ConfigError: If *gpkg_version* is not supported.
         InputError: For unreadable inputs, unsupported formats or unwritable outputs.
         AlignmentError: If the confidence raster is not on the class grid.
         OutputExistsError: If an output exists and *overwrite* is false.
     """
     classes_path, output = Path(classes_path), Path(output_path)
     output_format(output)
-    for path in (output, *sidecar_paths(output).values()):
+    check_gpkg_version(gpkg_version)
+    for path in (output, *vector_style_paths(output).values()):
         check_output(path, overwrite)
     with ExitStack() as stack:
         src = stack.enter_context(open_raster(classes_path))
@@ -502,7 +555,7 @@ def vectorize_raster(
         ):
             polygonize_block(src, window, confidence, pieces)
         crs = CRS.from_user_input(src.crs) if src.crs else None
-        transform = src.transform
+        transform, width, height = src.transform, src.width, src.height
     largest = max(pieces.class_ids, default=-1)
     table = _resolve_classes(classes_path, classes, largest)
     if not pieces.geoms:
@@ -510,7 +563,8 @@ def vectorize_raster(
         frame = empty_frame(crs, confidence is not None)
     else:
         merged = merge_seams(pieces)
-        geoms = simplify_coverage(np.asarray(merged.geoms, dtype=object), simplify, transform)
+        tolerance = map_tolerance(simplify, crs, transform, width, height)
+        geoms = simplify_coverage(np.asarray(merged.geoms, dtype=object), tolerance, transform)
         frame = build_frame(merged, table, geoms, crs, min_area, confidence is not None)
-    write_layer(frame, output, table, overwrite)
+    write_layer(frame, output, table, overwrite, gpkg_version)
     return output

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .class_raster import add_raster_options, classes_option
 from .messages import report_warnings
-from .vectorize import vectorize_raster
+from .vectorize import DEFAULT_GPKG_VERSION, GPKG_VERSIONS, vectorize_raster
 
 
 def default_output(classes_path: Path) -> Path:
@@ -27,8 +27,9 @@ def parser(prog: str = "geoct vectorize") -> argparse.ArgumentParser:
     p.add_argument(
         "--output",
         type=Path,
-        help="output .gpkg (default: SCENE.polygons.gpkg beside the raster) or .geojson "
-        "(RFC 7946, EPSG:4326); styles (.sld, and .qml for GeoJSON) are written beside it",
+        help="output .gpkg (default: SCENE.polygons.gpkg beside the raster; QGIS style "
+        "inside) or .geojson (RFC 7946, EPSG:4326; QGIS style in NAME.qml beside it); "
+        "an SLD is written beside either as NAME.gpkg.sld or NAME.geojson.sld",
     )
     p.add_argument("--confidence", type=Path, help="confidence raster for mean_confidence")
     p.add_argument(
@@ -36,14 +37,24 @@ def parser(prog: str = "geoct vectorize") -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="M",
-        help="simplification tolerance in map units, topology preserved (default: 0)",
+        help="simplification tolerance in metres on the ground (converted to map units at "
+        "the scene centre; map units for a raster without CRS), topology preserved "
+        "(default: 0, keep pixel edges)",
     )
     p.add_argument(
         "--min-area",
         type=float,
         default=0.0,
         metavar="M2",
-        help="drop polygons smaller than this area in m² (default: 0)",
+        help="drop polygons smaller than this ground area in m², measured on the "
+        "ellipsoid in any CRS (default: 0)",
+    )
+    p.add_argument(
+        "--gpkg-version",
+        choices=GPKG_VERSIONS,
+        default=DEFAULT_GPKG_VERSION,
+        help=f"GeoPackage version of a .gpkg output (default: {DEFAULT_GPKG_VERSION}, "
+        "which QGIS on GDAL < 3.7 opens without a compatibility warning)",
     )
     add_raster_options(p, "the raster")
     return p
@@ -70,6 +81,7 @@ def main(argv: list[str]) -> int:
             classes=classes_option(args.class_names),
             overwrite=args.overwrite,
             block_size=args.block_size,
+            gpkg_version=args.gpkg_version,
         )
     print(output)
     return 0

@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import __version__
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..export.styles import raster_qml
 from ..metadata import ModelSpec
 from ..raster_io import atomic_output, check_output
 from .accumulator import StreamingBlender
-from .reader import GSD_TOLERANCE, SceneReader, gsd_ratio
+from .reader import GSD_TOLERANCE, SceneReader, ground_size, gsd_ratio
+from .values import ValueOptions
 from .windows import WindowGrid
 from .writer import Grid, OutputPaths, PredictionWriter
 
@@ -45,6 +46,11 @@ MAX_AUTO_BATCH_SIZE = 64
 
 #: Share of free GPU memory an automatic batch may use.
 GPU_MEMORY_SHARE = 0.6
+
+#: Largest ratio, either way, between the scene's ground pixel size and the trained GSD
+#: that ``--match-gsd`` serves: past it a window is upsampled from a few pixels (or
+#: downsampled from a huge window) and the result would not be a real prediction.
+MAX_GSD_RATIO = 8.0
 
 _END = object()
 
@@ -64,6 +70,7 @@ class PredictOptions:
         probabilities: Also write the per-class probability raster.
         overwrite: Replace existing outputs.
         progress: Show a progress bar.
+        values: How the scene's values are checked and scaled against the training data.
     """
 
     window: int | None = None
@@ -76,6 +83,7 @@ class PredictOptions:
     probabilities: bool = False
     overwrite: bool = False
     progress: bool = True
+    values: ValueOptions = field(default_factory=ValueOptions)
 
 
 @dataclass
@@ -288,12 +296,25 @@ def scene_grid(reader: SceneReader, spec: ModelSpec, options: PredictOptions) ->
 
 
 def _check_gsd(reader: SceneReader, spec: ModelSpec, match_gsd: bool) -> None:
+    """Warn when the scene's ground pixel size is off the trained GSD; refuse what cannot be served.
+
+    Raises:
+        InputError: If ``match_gsd`` is set and the ratio exceeds :data:`MAX_GSD_RATIO`.
+    """
     ratio = gsd_ratio(reader.src, spec)
+    x, y = ground_size(reader.src)
+    size = f"ground pixel size {x:.3g} x {y:.3g} m"
+    if match_gsd and any(not 1 / MAX_GSD_RATIO <= r <= MAX_GSD_RATIO for r in ratio):
+        raise InputError(
+            reader.path,
+            f"{size} is {max(ratio):.3g}x the checkpoint's GSD {spec.gsd:g} m; --match-gsd "
+            f"serves ratios up to {MAX_GSD_RATIO:g}x either way: use a model trained near "
+            "the scene's resolution",
+        )
     if not match_gsd and any(abs(r - 1) > GSD_TOLERANCE for r in ratio):
-        res = abs(reader.src.transform.a), abs(reader.src.transform.e)
         warnings.warn(
-            f"{reader.path}: pixel size {res[0]:g} x {res[1]:g} differs from the checkpoint's "
-            f"GSD {spec.gsd:g} by more than {GSD_TOLERANCE:.0%}; consider --match-gsd",
+            f"{reader.path}: {size} differs from the checkpoint's GSD {spec.gsd:g} m by more "
+            f"than {GSD_TOLERANCE:.0%}; consider --match-gsd",
             stacklevel=3,
         )
 
@@ -333,8 +354,12 @@ def _batches(items: queue.Queue, reader_thread: _Worker, size: int) -> Iterator[
 
 
 def _provenance(
-    spec: ModelSpec, grid: WindowGrid, options: PredictOptions, checkpoint: Path | None
-):
+    spec: ModelSpec,
+    grid: WindowGrid,
+    options: PredictOptions,
+    checkpoint: Path | None,
+    gsd: tuple[float, float],
+) -> dict[str, Any]:
     tags = {
         "GEOCT_VERSION": __version__,
         "WINDOW": f"{grid.window[0]}x{grid.window[1]}",
@@ -342,6 +367,7 @@ def _provenance(
         "TTA": options.tta,
         "MATCH_GSD": options.match_gsd,
         "MODEL_GSD": spec.gsd,
+        "SCENE_GSD": "{:.6g}x{:.6g}".format(*gsd),
         "MODEL_BANDS": ",".join(spec.bands),
     }
     if checkpoint is not None:
@@ -381,7 +407,7 @@ def predict_scene(
     start = time.perf_counter()
     with (
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB << 20, GDAL_PAM_ENABLED="NO"),
-        SceneReader(scene, spec, dsm) as reader,
+        SceneReader(scene, spec, dsm, options.values) as reader,
     ):
         paths = OutputPaths.beside(
             scene, Path(output) if output else None, options.confidence, options.probabilities
@@ -404,7 +430,7 @@ def predict_scene(
             paths,
             Grid(src.crs, src.transform, src.width, src.height),
             spec.classes,
-            _provenance(spec, grid, options, checkpoint),
+            _provenance(spec, grid, options, checkpoint, ground_size(src)),
         )
         try:
             windows_run = _stream(reader, grid, predictor, writer, batch_size, options.progress)

@@ -2,10 +2,15 @@
 
 A pixel is nodata when the dataset mask of any model band is zero (GDAL's per-band
 masks: nodata value, internal mask or an alpha band that is not a model band), or
-when the DSM is nodata there (or absent after warping). A 4-band byte GeoTIFF often
-flags its fourth band as alpha; when that band is a model band (e.g. IR), it is
-treated as data and only the nodata value, if any, marks nodata. Nodata pixels are set to the band mean (zero after
-normalisation) before they reach the model and get zero blending weight.
+when the DSM is nodata there (or absent after warping). Nodata pixels are set to
+the band mean (zero after normalisation) before they reach the model and get zero
+blending weight.
+
+Scene bands are matched to the model's bands by their descriptions when the
+scene names every model band (``R``, ``G``, ``B``, ``IR``, case-insensitive), else
+by position among the bands that are not alpha. An alpha band is a mask, never
+data: an RGBA file for an R,G,B,IR model is refused rather than feeding the alpha
+band to the model as IR, unless that band's description names it as a model band.
 """
 
 import warnings
@@ -19,18 +24,31 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from ..errors import AlignmentError, ConfigError, InputError
+from ..geodesy import ground_pixel_size
 from ..metadata import ModelSpec
 from ..raster_io import open_raster, warp_to_grid
+from .values import ValueOptions, normalisation
 
 #: Relative difference between scene and checkpoint GSD above which a warning is given.
 GSD_TOLERANCE = 0.10
 
 
-def band_indexes(src: rasterio.DatasetReader, spec: ModelSpec, path: Path) -> list[int]:
+def alpha_bands(src: rasterio.io.DatasetReaderBase, spec: ModelSpec) -> list[int]:
+    """Return the 1-based indexes of alpha bands not described as one of the model's bands."""
+    wanted = {b.upper() for b in spec.optical_bands}
+    return [
+        i
+        for i, (ci, desc) in enumerate(zip(src.colorinterp, src.descriptions, strict=True), 1)
+        if ci == ColorInterp.alpha and (desc or "").strip().upper() not in wanted
+    ]
+
+
+def band_indexes(src: rasterio.io.DatasetReaderBase, spec: ModelSpec, path: Path) -> list[int]:
     """Return the 1-based band indexes of the scene that feed the model's optical bands.
 
     Bands are matched by description when the scene names all of them, else by
-    position, in which case the band count must match.
+    position among the bands that are not alpha, in which case their count must
+    match. Alpha bands are masks and never feed the model.
 
     Args:
         src: The open scene.
@@ -39,19 +57,29 @@ def band_indexes(src: rasterio.DatasetReader, spec: ModelSpec, path: Path) -> li
 
     Returns:
         Band indexes in model order.
+
+    Raises:
+        InputError: If the bands do not match the checkpoint's.
     """
     wanted = spec.optical_bands
-    names = [d.upper() if d else None for d in src.descriptions]
+    names = [(d or "").strip().upper() for d in src.descriptions]
     if all(b.upper() in names for b in wanted):
         return [names.index(b.upper()) + 1 for b in wanted]
-    if src.count == len(wanted) + 1 and src.colorinterp[-1] == ColorInterp.alpha:
-        return list(range(1, len(wanted) + 1))
-    if src.count != len(wanted):
+    alpha = alpha_bands(src, spec)
+    data = [i for i in range(1, src.count + 1) if i not in alpha]
+    if len(data) == len(wanted):
+        return data
+    expected = f"the checkpoint expects {len(wanted)} ({', '.join(wanted)})"
+    if alpha and src.count == len(wanted):
+        k = alpha[-1]
         raise InputError(
             path,
-            f"has {src.count} band(s), the checkpoint expects {len(wanted)} ({', '.join(wanted)})",
+            f"band {k} is an alpha band (a mask, not data) and {expected}; if band {k} "
+            f"holds {wanted[k - 1]}, mark it as data ('gdal_edit.py -colorinterp_{k} "
+            f"undefined') or describe it as {wanted[k - 1]!r}",
         )
-    return list(range(1, len(wanted) + 1))
+    kind = f" data band(s) and {len(alpha)} alpha band(s)" if alpha else " band(s)"
+    raise InputError(path, f"has {len(data)}{kind}, {expected}")
 
 
 def mask_mode(src: rasterio.io.DatasetReaderBase, indexes: list[int]) -> str:
@@ -105,9 +133,15 @@ def open_dsm(path: str | Path, scene: rasterio.DatasetReader, scene_path: Path):
     )
 
 
-def gsd_ratio(src: rasterio.DatasetReader, spec: ModelSpec) -> tuple[float, float]:
-    """Return scene pixel size over trained GSD, as ``(rows, cols)``."""
-    return abs(src.transform.e) / spec.gsd, abs(src.transform.a) / spec.gsd
+def ground_size(src: rasterio.io.DatasetReaderBase) -> tuple[float, float]:
+    """Return the scene's ground pixel size in metres at its centre, as ``(x, y)``."""
+    return ground_pixel_size(src.crs, src.transform, src.width, src.height)
+
+
+def gsd_ratio(src: rasterio.io.DatasetReaderBase, spec: ModelSpec) -> tuple[float, float]:
+    """Return the scene's ground pixel size over the trained GSD, as ``(rows, cols)``."""
+    x, y = ground_size(src)
+    return y / spec.gsd, x / spec.gsd
 
 
 def _pad(array: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
@@ -128,13 +162,21 @@ class SceneReader:
     #: with the writer (see :class:`~geoct.predict.writer.PredictionWriter`).
     lock: AbstractContextManager = nullcontext()
 
-    def __init__(self, scene: str | Path, spec: ModelSpec, dsm: str | Path | None = None) -> None:
-        """Open and check a scene and its DSM companion.
+    def __init__(
+        self,
+        scene: str | Path,
+        spec: ModelSpec,
+        dsm: str | Path | None = None,
+        values: ValueOptions | None = None,
+    ) -> None:
+        """Open and check a scene, its bands and values, and its DSM companion.
 
         Args:
             scene: Scene raster.
             spec: The model's input contract.
             dsm: Height raster, required when ``spec.needs_height``.
+            values: How the scene's values are checked and scaled
+                (see :mod:`geoct.predict.values`).
         """
         self.path = Path(scene)
         self.spec = spec
@@ -153,11 +195,14 @@ class SceneReader:
                 )
             elif dsm is not None:
                 self.dsm = open_dsm(dsm, self.src, self.path)
+            mean, std = normalisation(
+                self.src, self.indexes, spec, self.path, values or ValueOptions()
+            )
         except BaseException:
             self.close()
             raise
-        self.mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
-        self.inv_std = 1 / np.asarray(spec.std, dtype=np.float32)[:, None, None]
+        self.mean = mean.astype(np.float32)[:, None, None]
+        self.inv_std = (1 / std).astype(np.float32)[:, None, None]
         self.mask_mode = mask_mode(self.src, self.indexes)
 
     @property

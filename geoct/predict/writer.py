@@ -7,13 +7,16 @@ overviews, BigTIFF if needed) under a temporary name and renamed.
 Outputs, all uint8 on the scene's exact grid (CRS, transform, shape):
 
 * classes: class id per pixel, nodata 255; palette colour table with the
-  checkpoint's colours; class names as GDAL category names (``.aux.xml``) and
-  in the ``CLASS_NAMES`` tag; ``mode`` overviews.
+  checkpoint's colours; class names as GDAL category names and as a raster
+  attribute table (value, class name, colour) in the ``.aux.xml``, so QGIS and
+  ArcGIS show named classes without the style file; names also in the
+  ``CLASS_NAMES`` tag; ``mode`` overviews.
 * confidence: ``round(255 * max softmax probability)``, nodata 0 (a valid
   pixel is always >= ``255 / K`` > 0); scale 1/255; ``average`` overviews.
-* probabilities: one band per class, ``round(255 * p)`` (sums to about 255),
-  band descriptions are the class names, nodata in an internal dataset mask
-  (every value 0-255 is a valid probability); ``average`` overviews.
+* probabilities: one band per class, ``min(round(255 * p), 254)`` (sums to about
+  255; only p >= 0.998 is clipped), band descriptions are the class names, nodata
+  255 (a nodata value rather than an internal mask, which QGIS lists as an extra
+  unnamed band); ``average`` overviews.
 """
 
 import contextlib
@@ -41,6 +44,9 @@ CLASS_NODATA = 255
 
 #: Nodata value of the confidence raster.
 CONFIDENCE_NODATA = 0
+
+#: Nodata value of the probability raster; valid probabilities are clipped below it.
+PROBABILITY_NODATA = 255
 
 #: Smallest overview size: overviews are built until the coarsest is at most this wide.
 MIN_OVERVIEW_SIZE = 256
@@ -109,12 +115,39 @@ def overview_count(width: int, height: int) -> int:
     return max(0, math.ceil(math.log2(max(width, height) / MIN_OVERVIEW_SIZE)))
 
 
-def category_names_xml(names: tuple[str, ...]) -> str:
-    """Return a GDAL PAM document giving band 1 the category names *names*."""
-    cats = "".join(f"      <Category>{escape(n)}</Category>\n" for n in names)
+def _rat_field(index: int, name: str, kind: int, usage: int) -> str:
+    return (
+        f'      <FieldDefn index="{index}">\n        <Name>{name}</Name>\n'
+        f"        <Type>{kind}</Type>\n        <Usage>{usage}</Usage>\n      </FieldDefn>\n"
+    )
+
+
+def attribute_table_xml(classes: ClassTable) -> str:
+    """Return a GDAL raster attribute table of *classes*: value, class name and colour.
+
+    Field types and usages are GDAL's ``GFT_Integer``/``GFT_String`` and
+    ``GFU_MinMax``, ``GFU_Name``, ``GFU_Red``/``Green``/``Blue``.
+    """
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
+    defs = "".join(_rat_field(i, *f) for i, f in enumerate(fields))
+    rows = "".join(
+        f'      <Row index="{i}"><F>{i}</F><F>{escape(name)}</F>'
+        f"<F>{r}</F><F>{g}</F><F>{b}</F></Row>\n"
+        for i, (name, (r, g, b)) in enumerate(zip(classes.names, classes.colors, strict=True))
+    )
+    return (
+        '    <GDALRasterAttributeTable tableType="thematic">\n'
+        f"{defs}{rows}    </GDALRasterAttributeTable>\n"
+    )
+
+
+def category_names_xml(classes: ClassTable) -> str:
+    """Return a GDAL PAM document giving band 1 the category names and attribute table of *classes*."""
+    cats = "".join(f"      <Category>{escape(n)}</Category>\n" for n in classes.names)
     return (
         '<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames>\n'
-        f"{cats}    </CategoryNames>\n  </PAMRasterBand>\n</PAMDataset>\n"
+        f"{cats}    </CategoryNames>\n{attribute_table_xml(classes)}"
+        "  </PAMRasterBand>\n</PAMDataset>\n"
     )
 
 
@@ -177,7 +210,11 @@ class PredictionWriter:
             "interleave": "pixel",
             "photometric": "MINISBLACK",
             "BIGTIFF": "IF_NEEDED",
-            "nodata": {"classes": CLASS_NODATA, "confidence": CONFIDENCE_NODATA}.get(kind),
+            "nodata": {
+                "classes": CLASS_NODATA,
+                "confidence": CONFIDENCE_NODATA,
+                "probabilities": PROBABILITY_NODATA,
+            }[kind],
         }
         dst = rasterio.open(stage, "w", **profile)
         dst.update_tags(**self.tags)
@@ -221,15 +258,14 @@ class PredictionWriter:
                 bands["confidence"] = to_uint8(probs.max(axis=0))
                 bands["confidence"][~valid] = CONFIDENCE_NODATA
             if "probabilities" in self.stages:
-                bands["probabilities"] = to_uint8(probs)
+                bands["probabilities"] = np.minimum(to_uint8(probs), PROBABILITY_NODATA - 1)
+                bands["probabilities"][:, ~valid] = PROBABILITY_NODATA
         window = Window(col, row, sums.shape[2], sums.shape[1])
         with self.lock:
             for kind, (_, dst) in self.stages.items():
                 dst.write(
                     bands[kind][None] if bands[kind].ndim == 2 else bands[kind], window=window
                 )
-                if kind == "probabilities":
-                    dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
 
     def publish(self, overwrite: bool) -> dict[str, Path]:
         """Close the staging files and copy each to its output path as a COG.
@@ -258,7 +294,7 @@ class PredictionWriter:
                 )
                 if kind == "classes":
                     aux = Path(f"{tmp}.aux.xml")
-                    aux.write_text(category_names_xml(self.classes.names))
+                    aux.write_text(category_names_xml(self.classes))
             written[kind] = path
             if kind == "classes":
                 written["classes_aux"] = Path(f"{path}.aux.xml")

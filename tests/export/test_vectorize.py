@@ -1,4 +1,5 @@
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -10,11 +11,16 @@ import numpy as np
 import pyogrio
 import pytest
 import shapely
+from affine import Affine
+from pyproj import Geod, Transformer
+from rasterio.transform import from_origin
 from scipy import ndimage
 
 from geoct.classes import ClassTable
+from geoct.cli import main as geoct_main
 from geoct.errors import AlignmentError, InputError, OutputExistsError
-from geoct.export.vectorize import vectorize_raster
+from geoct.export.sidecars import vector_style_paths
+from geoct.export.vectorize import map_tolerance, style_name, vectorize_raster
 from geoct.export.vectorize_cli import default_output
 
 PIXEL_AREA = 0.25
@@ -95,13 +101,14 @@ def test_attributes(
     pond = polygon_at(layer, classes_tif, col=37, row=40)
     assert pond.class_id == 2
     assert pond.class_name == "water & <lake>"
-    assert pond.area_m2 == pytest.approx(20 * 15 * PIXEL_AREA)
-    assert pond.perimeter_m == pytest.approx(2 * (20 + 15) * 0.5)
+    # ground values: UTM map units are within 0.1 % of metres near the central meridian
+    assert pond.area_m2 == pytest.approx(20 * 15 * PIXEL_AREA, rel=1e-3)
+    assert pond.perimeter_m == pytest.approx(2 * (20 + 15) * 0.5, rel=1e-3)
     assert pond.mean_confidence == pytest.approx(102 / 255)
     field = polygon_at(layer, classes_tif, col=150, row=60)
     assert field.class_id == 1
     assert field.mean_confidence == pytest.approx(204 / 255)
-    assert np.allclose(layer.area_m2, layer.area)
+    assert np.allclose(layer.area_m2, layer.area, rtol=1e-3)
 
 
 def test_simplify_and_min_area(tmp_path: Path, scene: np.ndarray, classes_tif: Path) -> None:
@@ -149,7 +156,8 @@ def test_geopackage_carries_default_style(tmp_path: Path, classes_tif: Path) -> 
         "ui",
         "update_time",
     ]
-    assert (tmp_path / "styled.sld").read_text().startswith("<StyledLayerDescriptor")
+    assert (tmp_path / "styled.gpkg.sld").read_text().startswith("<StyledLayerDescriptor")
+    assert not (tmp_path / "styled.qml").exists()
     assert not list(tmp_path.glob(".*"))
 
 
@@ -164,7 +172,7 @@ def test_geojson_is_rfc7946(tmp_path: Path, scene: np.ndarray, classes_tif: Path
     utm_area = layer.to_crs(32633).area.sum()
     assert utm_area == pytest.approx((scene != 255).sum() * PIXEL_AREA, rel=1e-3)
     assert (tmp_path / "out.qml").read_text().startswith("<!DOCTYPE qgis")
-    assert (tmp_path / "out.sld").exists()
+    assert (tmp_path / "out.geojson.sld").exists()
 
 
 def test_missing_names_fall_back_to_ids(tmp_path: Path, scene: np.ndarray, raster_writer) -> None:
@@ -200,7 +208,7 @@ def test_existing_output_refused(tmp_path: Path, classes_tif: Path) -> None:
     with pytest.raises(OutputExistsError):
         vectorize_raster(classes_tif, out)
     assert out.read_text() == "keep"
-    assert not (tmp_path / "x.sld").exists()
+    assert not (tmp_path / "x.gpkg.sld").exists()
     vectorize_raster(classes_tif, out, overwrite=True)
     assert len(read_layer(out)) > 0
 
@@ -257,3 +265,240 @@ def test_no_warning_for_complete_raster(tmp_path: Path, classes_tif: Path) -> No
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         vectorize_raster(classes_tif, tmp_path / "w.gpkg")
+
+
+# Issue 10: ground areas and perimeters in any CRS, checked against references
+# computed pixel by pixel, independently of geoct.geodesy.
+
+WGS84 = Geod(ellps="WGS84")
+
+
+def web_mercator_grid(lat: float, ground: float, pixels: int) -> Affine:
+    """A north-up EPSG:3857 grid of *pixels* square pixels spanning *ground* metres at *lat*."""
+    x0, y0 = Transformer.from_crs(4326, 3857, always_xy=True).transform(13.4, lat)
+    size = ground / pixels / math.cos(math.radians(lat))
+    return Affine(size, 0.0, x0, 0.0, -size, y0)
+
+
+#: Name -> (CRS, transform, (height, width), block side of the class pattern).
+GROUND_SCENES = {
+    "utm": ("EPSG:32633", from_origin(500_000.0, 5_800_000.0, 0.5, 0.5), (80, 80), 10),
+    "web_mercator": ("EPSG:3857", web_mercator_grid(52.0, 40.0, 60), (60, 60), 10),
+    "lonlat": ("EPSG:4326", from_origin(13.4, 52.0, 1e-4, 1e-4), (60, 60), 10),
+    "world": ("EPSG:4326", from_origin(-180.0, 90.0, 1.0, 1.0), (180, 360), 20),
+    "antimeridian": (
+        "EPSG:32660",
+        from_origin(630_000.0, 7_230_000.0, 1000.0, 1000.0),
+        (30, 30),
+        5,
+    ),
+}
+
+
+def zone_area(lat: float) -> float:
+    """Exact WGS84 area between the equator and *lat*, per radian of longitude (m²)."""
+    e2, b = WGS84.es, WGS84.b
+    e, s = math.sqrt(e2), math.sin(math.radians(lat))
+    return b * b / 2 * (s / (1 - e2 * s * s) + math.log((1 + e * s) / (1 - e * s)) / (2 * e))
+
+
+def lonlat_pixel_areas(transform: Affine, height: int, width: int) -> np.ndarray:
+    """Exact ellipsoidal area of each pixel of a north-up lon/lat grid."""
+    lats = [transform.f + transform.e * row for row in range(height + 1)]
+    rows = [abs(zone_area(lats[r]) - zone_area(lats[r + 1])) for r in range(height)]
+    return np.repeat(np.array(rows)[:, None] * math.radians(transform.a), width, axis=1)
+
+
+def geodesic_pixel_areas(crs: str, transform: Affine, height: int, width: int) -> np.ndarray:
+    """Geodesic area of each pixel, its edges densified in the raster's CRS."""
+    to_lonlat = Transformer.from_crs(crs, 4326, always_xy=True)
+    t = np.linspace(0.0, 1.0, 4, endpoint=False)
+    one, zero = np.ones_like(t), np.zeros_like(t)
+    ring = np.concatenate([np.c_[t, zero], np.c_[one, t], np.c_[1 - t, one], np.c_[zero, 1 - t]])
+    areas = np.empty((height, width))
+    for row in range(height):
+        for col in range(width):
+            lon, lat = to_lonlat.transform(*(transform @ (ring[:, 0] + col, ring[:, 1] + row)))
+            areas[row, col] = abs(WGS84.polygon_area_perimeter(lon, lat)[0])
+    return areas
+
+
+def pixel_areas(crs: str, transform: Affine, height: int, width: int) -> np.ndarray:
+    if crs == "EPSG:4326":
+        return lonlat_pixel_areas(transform, height, width)
+    return geodesic_pixel_areas(crs, transform, height, width)
+
+
+def edge_lengths(crs: str, transform: Affine, height: int, width: int) -> tuple[np.ndarray, ...]:
+    """Geodesic length of every horizontal ((h + 1) x w) and vertical (h x (w + 1)) pixel edge."""
+    to_lonlat = Transformer.from_crs(crs, 4326, always_xy=True)
+    cols, rows = np.meshgrid(np.arange(width + 1.0), np.arange(height + 1.0))
+    lon, lat = to_lonlat.transform(*(transform @ (cols, rows)))
+    horizontal = WGS84.inv(lon[:, :-1], lat[:, :-1], lon[:, 1:], lat[:, 1:])[2]
+    vertical = WGS84.inv(lon[:-1], lat[:-1], lon[1:], lat[1:])[2]
+    return horizontal, vertical
+
+
+def class_perimeter(data: np.ndarray, class_id: int, edges: tuple[np.ndarray, ...]) -> float:
+    """Ground length of the pixel edges between *class_id* and anything else."""
+    inside = np.pad(data == class_id, 1)
+    horizontal = inside[:-1, 1:-1] ^ inside[1:, 1:-1]
+    vertical = inside[1:-1, :-1] ^ inside[1:-1, 1:]
+    return float(edges[0][horizontal].sum() + edges[1][vertical].sum())
+
+
+def block_pattern(height: int, width: int, block: int) -> np.ndarray:
+    """Rectangles of 3 classes that meet same-class rectangles only at corners (no holes)."""
+    rows, cols = np.mgrid[:height, :width] // block
+    data = ((rows + cols) % 3).astype(np.uint8)
+    data[:block, :block] = 255
+    return data
+
+
+def world_pattern() -> np.ndarray:
+    """Polar caps and belts spanning all longitudes, around blocks and a nodata block."""
+    data = block_pattern(180, 360, 20)
+    data[:30], data[30:60], data[120:150], data[150:] = 0, 1, 2, 1
+    data[80:100, 180:200] = 255
+    return data
+
+
+def vectorize_cli(*args: object) -> None:
+    assert geoct_main(["vectorize", *map(str, args)]) == 0
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "utm",
+        "web_mercator",
+        "lonlat",
+        "world",
+        "antimeridian",
+    ],
+)
+def test_ground_areas_and_perimeters(tmp_path: Path, raster_writer, name: str) -> None:
+    crs, transform, (height, width), block = GROUND_SCENES[name]
+    data = world_pattern() if name == "world" else block_pattern(height, width, block)
+    raster = raster_writer(tmp_path / f"{name}.tif", data, transform=transform, crs=crs)
+    out = tmp_path / f"{name}.gpkg"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # no class names in the raster
+        vectorize_cli(raster, "--output", out)
+    layer = read_layer(out)
+    assert layer.crs == crs
+    areas = pixel_areas(crs, transform, height, width)
+    edges = edge_lengths(crs, transform, height, width)
+    for class_id in range(3):
+        polygons = layer[layer.class_id == class_id]
+        area = areas[data == class_id].sum()
+        assert polygons.area_m2.sum() == pytest.approx(area, rel=5e-3)
+        perimeter = class_perimeter(data, class_id, edges)
+        assert polygons.perimeter_m.sum() == pytest.approx(perimeter, rel=5e-3)
+    if name == "world":
+        assert layer.area_m2.sum() == pytest.approx(
+            areas[data != 255].sum(), rel=1e-4
+        ) and areas.sum() == pytest.approx(4 * math.pi * zone_area(90.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32633", "EPSG:4326"])
+def test_perimeter_includes_holes(tmp_path: Path, raster_writer, crs: str) -> None:
+    transform = GROUND_SCENES["utm" if crs == "EPSG:32633" else "lonlat"][1]
+    data = np.zeros((30, 30), np.uint8)
+    data[10:20, 10:20] = 1
+    raster = raster_writer(tmp_path / "pond.tif", data, transform=transform, crs=crs)
+    table = ClassTable(("field", "pond"), ((40, 200, 40), (30, 30, 220)))
+    field = read_layer(vectorize_raster(raster, tmp_path / "pond.gpkg", classes=table))
+    edges = edge_lengths(crs, transform, 30, 30)
+    perimeter = field[field.class_id == 0].perimeter_m.sum()
+    assert perimeter == pytest.approx(class_perimeter(data, 0, edges), rel=5e-3)
+
+
+def test_min_area_is_ground_area(tmp_path: Path, raster_writer) -> None:
+    transform = web_mercator_grid(52.0, 40.0, 60)
+    data = np.zeros((60, 60), np.uint8)
+    data[5:55:10, 5:55:10] = 1  # single pixels: 1.17 map units², 0.44 m² on the ground
+    data[8:11, 30] = 2  # three pixels: 1.33 m²
+    data[40:42, 40:42] = 2  # four pixels: 1.78 m²
+    raster = raster_writer(tmp_path / "m.tif", data, transform=transform, crs="EPSG:3857")
+    names = "ground,speck,patch"
+    vectorize_cli(raster, "--output", tmp_path / "all.gpkg", "--classes", names)
+    vectorize_cli(raster, "--output", tmp_path / "big.gpkg", "--classes", names, "--min-area", 1)
+    every, big = read_layer(tmp_path / "all.gpkg"), read_layer(tmp_path / "big.gpkg")
+    specks = every[every.class_id == 1]
+    assert len(specks) == 25
+    assert (specks.area > 1.15).all()  # map units
+    assert specks.area_m2.to_numpy() == pytest.approx((40 / 60) ** 2, rel=5e-3)
+    assert set(big.class_name) == {"ground", "patch"}
+    pixel = (40 / 60) ** 2
+    assert sorted(big[big.class_id == 2].area_m2) == pytest.approx([3 * pixel, 4 * pixel], rel=5e-3)
+
+
+def test_map_tolerance() -> None:
+    mercator = web_mercator_grid(52.0, 40.0, 60)
+    k = 1 / math.cos(math.radians(52.0))  # spherical scale; WGS84's differs by 0.2 %
+    assert map_tolerance(2.0, "EPSG:3857", mercator, 60, 60) == pytest.approx(2 * k, rel=5e-3)
+    lonlat = GROUND_SCENES["lonlat"][1]
+    degree_of_latitude = WGS84.inv(13.4, 51.5, 13.4, 52.5)[2]
+    assert map_tolerance(5.0, "EPSG:4326", lonlat, 60, 60) == pytest.approx(
+        5 / degree_of_latitude, rel=1e-3
+    )
+    utm = GROUND_SCENES["utm"][1]
+    assert map_tolerance(1.0, "EPSG:32633", utm, 80, 80) == pytest.approx(0.9996, rel=1e-4)
+    assert map_tolerance(3.0, None, utm, 80, 80) == 3.0
+
+
+def test_simplify_is_in_metres_on_lonlat(tmp_path: Path, scene: np.ndarray, raster_writer) -> None:
+    transform = GROUND_SCENES["lonlat"][1]
+    raster = raster_writer(tmp_path / "ll.tif", scene, transform=transform, crs="EPSG:4326")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        exact = read_layer(vectorize_raster(raster, tmp_path / "e.gpkg", block_size=BLOCK))
+        simple = read_layer(
+            vectorize_raster(raster, tmp_path / "s.gpkg", simplify=15.0, block_size=BLOCK)
+        )
+    assert shapely.get_num_coordinates(simple.geometry.values).sum() < (
+        shapely.get_num_coordinates(exact.geometry.values).sum()
+    )
+    assert simple.area_m2.sum() == pytest.approx(exact.area_m2.sum(), rel=0.02)
+    deviation = max(
+        shapely.hausdorff_distance(simple[simple.class_id == c].union_all(), exact_class)
+        for c, exact_class in exact.dissolve("class_id").geometry.items()
+    )
+    assert 0 < deviation < 2 * 15.0 / WGS84.inv(13.4, 51.5, 13.4, 52.5)[2]  # degrees
+
+
+def test_geopackage_version(tmp_path: Path, classes_tif: Path) -> None:
+    def versions(path: Path) -> tuple[int, int]:
+        with sqlite3.connect(path) as db:
+            application_id = db.execute("PRAGMA application_id").fetchone()[0]
+            return application_id, db.execute("PRAGMA user_version").fetchone()[0]
+
+    gpkg = 0x47504B47  # "GPKG"
+    vectorize_cli(classes_tif, "--output", tmp_path / "v12.gpkg")
+    assert versions(tmp_path / "v12.gpkg") == (gpkg, 10200)
+    vectorize_cli(classes_tif, "--output", tmp_path / "v14.gpkg", "--gpkg-version", "1.4")
+    assert versions(tmp_path / "v14.gpkg") == (gpkg, 10400)
+    assert len(read_layer(tmp_path / "v12.gpkg")) == len(read_layer(tmp_path / "v14.gpkg"))
+
+
+def test_long_layer_name_fits_style_name(tmp_path: Path, classes_tif: Path) -> None:
+    name = "S2B_MSIL2A_20240501T101559_N0510_R065_T33UUU_20240501T131512.polygons"
+    out = vectorize_raster(classes_tif, tmp_path / f"{name}.gpkg", block_size=BLOCK)
+    assert pyogrio.list_layers(out)[0][0] == name
+    with sqlite3.connect(out) as db:
+        table, style = db.execute("SELECT f_table_name, styleName FROM layer_styles").fetchone()
+    assert table == name
+    assert style == style_name(name) == "S2B_MSIL2A_202~131512.polygons"
+    assert len(style) == 30
+    assert style_name("short") == "short"
+
+
+def test_geopackage_and_geojson_side_by_side(tmp_path: Path, classes_tif: Path) -> None:
+    vectorize_cli(classes_tif, "--output", tmp_path / "v.gpkg")
+    vectorize_cli(classes_tif, "--output", tmp_path / "v.geojson")
+    written = {p.name for p in tmp_path.iterdir()} - {classes_tif.name}
+    assert written == {"v.gpkg", "v.gpkg.sld", "v.geojson", "v.geojson.sld", "v.qml"}
+    assert len(read_layer(tmp_path / "v.gpkg")) == len(gpd.read_file(tmp_path / "v.geojson"))
+    assert vector_style_paths(tmp_path / "v.geojson")["qml"] == tmp_path / "v.qml"
+    assert set(vector_style_paths("a/b.polygons.gpkg")) == {"sld"}

@@ -9,6 +9,7 @@ import rasterio
 import torch
 
 from geoct.cli import main
+from geoct.geodesy import ground_pixel_size
 
 
 def run_geoct(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -128,15 +129,17 @@ def test_cli_vector_stac_and_report(data: ModuleType, checkpoint: Path, tmp_path
     polygons = gpd.read_file(out.with_name("scene.polygons.gpkg"), layer="scene.polygons")
     with rasterio.open(out) as src:
         assert polygons.crs == src.crs
-        labelled = int((src.read(1) != 255).sum()) * abs(src.transform.a * src.transform.e)
-    assert polygons["area_m2"].sum() == pytest.approx(labelled)
+        dx, dy = ground_pixel_size(src.crs, src.transform, src.width, src.height)
+        labelled = int((src.read(1) != 255).sum()) * dx * dy
+    assert polygons["area_m2"].sum() == pytest.approx(labelled, rel=1e-4)
     assert polygons["mean_confidence"].between(0, 1).all()
     item = pystac.Item.from_file(str(out.with_name("scene.item.json")))
     assert {"classes", "confidence", "polygons"} <= set(item.assets)
     assert len(item.properties["geoct:checkpoint_sha256"]) == 64
     report = json.loads((tmp_path / "run.json").read_text())
-    assert (report["height"], report["width"]) == (80, 70)
-    assert report["outputs"]["polygons"].endswith("scene.polygons.gpkg")
+    assert (report["scenes"][0]["height"], report["scenes"][0]["width"]) == (80, 70)
+    assert report["scenes"][0]["outputs"]["polygons"].endswith("scene.polygons.gpkg")
+    assert report["failed"] == []
     again = run_geoct(*args)
     assert again.returncode == 2
     assert "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1

@@ -1,0 +1,237 @@
+"""Checking a scene's pixel values against the value range the model was trained on.
+
+A model trained on 8-bit orthophotos gives confident, wrong classes for uint16
+imagery (values 4x larger) or reflectance in 0..1, without any error. Before a
+scene is predicted, a cheap sample of its valid pixels (a grid of small windows,
+so a 20k px scene costs a few reads) is compared per band with the training data:
+
+* when the checkpoint records each band's training ``(min, max)``, a band is out
+  of range when its sampled 99.5th percentile lies more than half the training
+  span above the training maximum, or below the training minimum plus
+  :data:`LOW_SHARE` of the span (values far too small, e.g. 0..1 for 0..255), or
+  when its 0.5th percentile lies more than half the span below the minimum;
+* for older checkpoints without a range, a band is out of range when its sampled
+  standard deviation is not within :data:`STD_RATIO` of the training standard
+  deviation, or its median lies more than :data:`MEDIAN_STDS` training standard
+  deviations from the training mean.
+
+Out-of-range scenes are refused with the bands, the ranges and the fixes:
+``--scale`` (multiply the bands by a factor before normalisation, e.g. 0.25 for
+uint16 holding 10-bit values), ``--rescale`` (standardise every band with the
+scene's own sampled mean and standard deviation instead of the training
+statistics) or ``--force`` (predict anyway, with a warning).
+"""
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from ..errors import ConfigError, InputError
+from ..metadata import ModelSpec
+
+#: Sample windows per scene axis, and their side in pixels.
+SAMPLE_GRID, SAMPLE_SIZE = 6, 64
+
+#: Percentiles that stand for a band's low and high values.
+LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
+
+#: A band's high values must exceed the training minimum by this share of the training span.
+LOW_SHARE = 0.05
+
+#: Allowed excess past either end of the training range, as a share of its span.
+HIGH_SHARE = 0.5
+
+#: Without a recorded range: allowed ratio of sampled to training standard deviation.
+STD_RATIO = 10.0
+
+#: Without a recorded range: allowed distance of the sampled median from the training mean.
+MEDIAN_STDS = 3.0
+
+
+@dataclass(frozen=True)
+class ValueOptions:
+    """How a scene's values are reconciled with the training data.
+
+    Attributes:
+        scale: Factor (one for all bands, or one per model band) applied to the
+            optical bands before normalisation, or ``None``.
+        rescale: Standardise each optical band with the scene's own sampled
+            statistics instead of the training statistics.
+        force: Predict even when the values are out of range (warn instead).
+    """
+
+    scale: tuple[float, ...] | None = None
+    rescale: bool = False
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class BandSample:
+    """Summary of one band's sampled valid pixels.
+
+    Attributes:
+        low: :data:`LOW_PERCENTILE` percentile.
+        high: :data:`HIGH_PERCENTILE` percentile.
+        median: Median.
+        mean: Mean.
+        std: Standard deviation.
+    """
+
+    low: float
+    high: float
+    median: float
+    mean: float
+    std: float
+
+
+def sample_windows(height: int, width: int) -> list[Window]:
+    """Return the :data:`SAMPLE_GRID` x :data:`SAMPLE_GRID` grid of sample windows of a scene."""
+    size_r, size_c = min(SAMPLE_SIZE, height), min(SAMPLE_SIZE, width)
+    rows = np.linspace(0, height - size_r, SAMPLE_GRID).round().astype(int)
+    cols = np.linspace(0, width - size_c, SAMPLE_GRID).round().astype(int)
+    return [Window(int(c), int(r), size_c, size_r) for r in np.unique(rows) for c in np.unique(cols)]
+
+
+def sample_bands(
+    src: rasterio.io.DatasetReaderBase, indexes: list[int]
+) -> list[BandSample] | None:
+    """Sample the valid pixels of some bands.
+
+    Args:
+        src: The open scene.
+        indexes: 1-based band indexes.
+
+    Returns:
+        One summary per band, or ``None`` when no sampled pixel is valid.
+    """
+    chunks = []
+    for window in sample_windows(src.height, src.width):
+        data = src.read(indexes, window=window, masked=True)
+        valid = ~np.ma.getmaskarray(data).any(axis=0)
+        chunks.append(data.data[:, valid].astype(np.float64))
+    values = np.concatenate(chunks, axis=1)
+    values = values[:, np.isfinite(values).all(axis=0)]
+    if values.shape[1] == 0:
+        return None
+    low, median, high = np.percentile(values, [LOW_PERCENTILE, 50, HIGH_PERCENTILE], axis=1)
+    return [
+        BandSample(float(lo), float(hi), float(md), float(mu), float(sd))
+        for lo, hi, md, mu, sd in zip(
+            low, high, median, values.mean(axis=1), values.std(axis=1), strict=True
+        )
+    ]
+
+
+def out_of_range(sample: BandSample, band: int, spec: ModelSpec) -> bool:
+    """Whether one sampled band lies outside what the model saw in training."""
+    if spec.value_range is not None:
+        lo, hi = spec.value_range[band]
+        span = max(hi - lo, 1e-12)
+        return (
+            sample.high > hi + HIGH_SHARE * span
+            or sample.high < lo + LOW_SHARE * span
+            or sample.low < lo - HIGH_SHARE * span
+        )
+    mean, std = spec.mean[band], spec.std[band]
+    ratio = max(sample.std, 1e-12) / std
+    return not 1 / STD_RATIO <= ratio <= STD_RATIO or abs(sample.median - mean) > MEDIAN_STDS * std
+
+
+def _training_range(spec: ModelSpec, band: int) -> str:
+    if spec.value_range is not None:
+        lo, hi = spec.value_range[band]
+        return f"{lo:g}..{hi:g}"
+    return f"mean {spec.mean[band]:g} ± {spec.std[band]:g}"
+
+
+def check_values(
+    samples: list[BandSample], spec: ModelSpec, dtype: str, path: Path, force: bool
+) -> None:
+    """Refuse (or with *force* warn about) bands whose values the model never saw.
+
+    Args:
+        samples: Sampled optical bands, in model order (already scaled, if asked).
+        spec: The model's input contract.
+        dtype: The scene's data type.
+        path: Scene path, for the message.
+        force: Warn instead of raising.
+
+    Raises:
+        InputError: If a band is out of range and *force* is false.
+    """
+    bad = [i for i, s in enumerate(samples) if out_of_range(s, i, spec)]
+    if not bad:
+        return
+    names = spec.optical_bands
+    ranges = ", ".join(
+        f"{names[i]} {samples[i].low:g}..{samples[i].high:g}"
+        f" (trained {_training_range(spec, i)})"
+        for i in bad
+    )
+    trained = f" {spec.dtype}" if spec.dtype else ""
+    problem = (
+        f"{dtype} values out of the range the model was trained on{trained}: {ranges}; "
+        "give --scale FACTOR (e.g. 0.25 for 10-bit values in uint16, 255 for 0..1 floats), "
+        "--rescale (standardise with the scene's own statistics) or --force"
+    )
+    if not force:
+        raise InputError(path, problem)
+    warnings.warn(f"{path}: {problem}; predicting anyway (--force)", stacklevel=3)
+
+
+def _scales(options: ValueOptions, count: int) -> np.ndarray:
+    scale = options.scale or (1.0,)
+    if len(scale) not in (1, count):
+        raise ConfigError(f"--scale takes one factor or {count} (one per model band)")
+    if any(not np.isfinite(s) or s <= 0 for s in scale):
+        raise ConfigError("--scale factors must be positive numbers")
+    return np.broadcast_to(np.asarray(scale, dtype=np.float64), (count,))
+
+
+def normalisation(
+    src: rasterio.io.DatasetReaderBase,
+    indexes: list[int],
+    spec: ModelSpec,
+    path: Path,
+    options: ValueOptions,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check a scene's values and return the per-band mean and std to normalise it with.
+
+    The model sees ``(x - mean) / std`` per band. A ``--scale`` factor ``s`` is
+    folded in as ``(s x - m) / d = (x - m / s) / (d / s)``; ``--rescale`` uses the
+    sampled scene statistics. Height bands keep the training statistics.
+
+    Args:
+        src: The open scene.
+        indexes: Scene bands feeding the optical model bands.
+        spec: The model's input contract.
+        path: Scene path, for messages.
+        options: Scaling and checking options.
+
+    Returns:
+        ``(mean, std)`` float64 arrays over all model bands.
+    """
+    mean = np.asarray(spec.mean, dtype=np.float64)
+    std = np.asarray(spec.std, dtype=np.float64)
+    n = len(indexes)
+    scale = _scales(options, n)
+    samples = sample_bands(src, indexes)
+    if options.rescale:
+        if samples is None:
+            raise InputError(path, "no valid pixel found to --rescale from")
+        mean[:n] = [s.mean for s in samples]
+        std[:n] = [s.std if s.std > 1e-6 else 1.0 for s in samples]
+        return mean, std
+    if samples is not None:
+        scaled = [
+            BandSample(*(v * k for v in (s.low, s.high, s.median, s.mean, s.std)))
+            for s, k in zip(samples, scale, strict=True)
+        ]
+        check_values(scaled, spec, str(src.dtypes[indexes[0] - 1]), path, options.force)
+    mean[:n] /= scale
+    std[:n] /= scale
+    return mean, std
