@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "predict": "geoct.predict.cli",
     "vectorize": "geoct.export.vectorize_cli",
     "evaluate": "geoct.export.evaluate_cli",
+    "export": "geoct.export.onnx_cli",
 }
 
 USAGE = (
@@ -21,6 +22,7 @@ USAGE = (
     "       geoct predict SCENE.tif [SCENE.tif ...] --checkpoint MODEL.ckpt [...]\n"
     "       geoct vectorize CLASSES.tif [...]\n"
     "       geoct evaluate PRED.tif LABELS.tif [...]\n"
+    "       geoct export MODEL.ckpt --onnx MODEL.onnx [...]\n"
     "Run 'geoct COMMAND --help' for the options of a command."
 )
 

@@ -29,6 +29,12 @@ def predict_data() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def own_data() -> ModuleType:
+    """The own-data fixture generator (orthophoto + label polygons), tests/data/own_data/data.py."""
+    return load_fixture_data("own_data")
+
+
+@pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared synthetic Potsdam dataset: 4 tiles of 128 px, seed 0 (2 train, 1 val, 1 test)."""
     from geoct.datasets.recipes import prepare_synthetic

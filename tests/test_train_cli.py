@@ -60,7 +60,7 @@ def test_swin_fit_writes_a_loadable_checkpoint(synthetic_root: Path, tmp_path: P
     (last,) = tmp_path.glob("runs/synthetic_tiny/**/last.ckpt")
     model, spec = load_model(last)
     info = json.loads((synthetic_root / "dataset.json").read_text())
-    assert list(spec.bands) == ["R", "G", "B", "IR"] and spec.gsd == info["gsd"]
+    assert list(spec.bands) == ["R", "G", "B", "IR"] and spec.gsd == info["ground_gsd"]
     assert spec.patch_size == 64 and spec.classes.num_classes == 6
     with torch.no_grad():
         assert model(torch.randn(1, 4, 64, 64)).shape == (1, 6, 64, 64)

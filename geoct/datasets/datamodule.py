@@ -1,10 +1,12 @@
 """Lightning datamodule over a prepared dataset (Potsdam, synthetic or user rasters)."""
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import shapely
 from torch.utils.data import DataLoader
 from torchgeo.datamodules import GeoDataModule
 from torchgeo.datasets import GeoDataset, IntersectionDataset
@@ -15,6 +17,7 @@ from ..metadata import HEIGHT_BAND, ModelSpec
 from .augment import normalize, train_augmentation
 from .layout import DatasetInfo, read_dataset_json
 from .potsdam import AlignedRasterDataset, HeightRaster, ImageRaster, LabelRaster, concat_images
+from .splits import Box
 
 
 class TileGriddedPatchSampler(GriddedPatchSampler):
@@ -23,21 +26,39 @@ class TileGriddedPatchSampler(GriddedPatchSampler):
     Every tile is covered completely; the last row and column of patches are moved
     inwards to end at the tile's edge, so patches never hang over a tile (unless the
     tile is smaller than a patch) and counts are exact in pixels, not subject to
-    floating-point rounding of CRS coordinates.
+    floating-point rounding of CRS coordinates. Given *regions* (the boxes of a
+    spatial split), each part of a tile inside a region is gridded the same way.
     """
 
-    def __init__(self, dataset: GeoDataset, *, size: int, stride: int | None = None) -> None:
+    def __init__(
+        self,
+        dataset: GeoDataset,
+        *,
+        size: int,
+        stride: int | None = None,
+        regions: Sequence[Box] | None = None,
+    ) -> None:
         """Initialise a new TileGriddedPatchSampler.
 
         Args:
             dataset: Dataset to sample from; each row of its index is a tile.
             size: Patch side in pixels.
             stride: Distance between patches in pixels (defaults to *size*).
+            regions: ``(minx, miny, maxx, maxy)`` boxes to grid within the tiles,
+                instead of the whole tiles; their edges should be on the pixel grid.
         """
         super().__init__(dataset, size=size, stride=stride)
         self.size_px = int(size)
         self.stride_px = int(stride or size)
         boxes = {tuple(round(v, 6) for v in g.bounds) for g in dataset.index.geometry}
+        if regions is not None:
+            boxes = {
+                tuple(round(v, 6) for v in part.bounds)
+                for tile in boxes
+                for region in regions
+                if not (part := shapely.box(*tile) & shapely.box(*region)).is_empty
+                and part.area > 0
+            }
         self.tiles = sorted(boxes, key=lambda b: (-b[3], b[0]))
         self._length = sum(len(self._offsets(b, 0)) * len(self._offsets(b, 1)) for b in self.tiles)
 
@@ -68,7 +89,9 @@ class PotsdamDataModule(GeoDataModule):
     height channel if any, normalised with the statistics in ``dataset.json``) and
     ``mask`` (int64 ``(B, H, W)``, ignore index for unlabelled pixels). Training
     draws random patches from the training tiles; validation and test cover their
-    tiles with a grid of patches.
+    tiles with a grid of patches. When ``dataset.json`` holds a spatial split (see
+    :mod:`geoct.datasets.splits`), each split's patches lie inside its own regions
+    of the tiles, so none comes closer than the split's buffer to another split's.
     """
 
     def __init__(
@@ -126,6 +149,11 @@ class PotsdamDataModule(GeoDataModule):
 
     def _splits(self, val_tiles: Sequence[str] | None) -> dict[str, list[str]]:
         splits = {k: list(v) for k, v in self.info.splits.items()}
+        if val_tiles is not None and self.info.spatial_split is not None:
+            raise ConfigError(
+                f"val_tiles cannot be used with {self.root}: its splits are spatial blocks "
+                "(dataset.json 'spatial_split'); prepare the data with --val-tiles instead"
+            )
         if val_tiles is not None:
             pool = splits.get("train", []) + splits.get("val", [])
             unknown = sorted(set(val_tiles) - set(pool))
@@ -142,6 +170,14 @@ class PotsdamDataModule(GeoDataModule):
         if self.height is not None and self.height not in self.info.height:
             have = ", ".join(self.info.height) or "none"
             raise ConfigError(f"height {self.height!r} not in {self.root} (has: {have})")
+        spatial = self.info.spatial_split
+        if spatial is not None and self.patch_size > spatial.patch_size:
+            warnings.warn(
+                f"patch_size {self.patch_size} is larger than the {spatial.patch_size} px patches "
+                f"the spatial split of {self.root} was made for, so its {spatial.buffer:g} m "
+                "buffer is less than a patch (prepare the data with a larger --patch-size)",
+                stacklevel=3,
+            )
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -155,7 +191,7 @@ class PotsdamDataModule(GeoDataModule):
             bands=(*self.bands, HEIGHT_BAND) if self.height else self.bands,
             mean=tuple(stats[n]["mean"] for n in names),
             std=tuple(stats[n]["std"] for n in names),
-            gsd=self.info.gsd,
+            gsd=self.info.ground_gsd or self.info.gsd,
             patch_size=int(self.patch_size),
             classes=self.info.classes,
             height_source=self.height,
@@ -196,14 +232,61 @@ class PotsdamDataModule(GeoDataModule):
         if stage == "fit":
             self.train_dataset = self.build_dataset(self.splits.get("train", []))
             self.train_sampler = RandomPatchSampler(
-                self.train_dataset, size=self.patch_size, length=self.length, generator=self.seed
+                self.train_dataset,
+                size=self.patch_size,
+                length=self.length,
+                roi=self._train_roi(),
+                generator=self.seed,
             )
         if stage in ("fit", "validate"):
             self.val_dataset = self.build_dataset(self.splits.get("val", []))
-            self.val_sampler = TileGriddedPatchSampler(self.val_dataset, size=self.patch_size)
+            self.val_sampler = TileGriddedPatchSampler(
+                self.val_dataset, size=self.patch_size, regions=self._regions("val")
+            )
         if stage == "test":
             self.test_dataset = self.build_dataset(self.splits.get("test", []))
-            self.test_sampler = TileGriddedPatchSampler(self.test_dataset, size=self.patch_size)
+            self.test_sampler = TileGriddedPatchSampler(
+                self.test_dataset, size=self.patch_size, regions=self._regions("test")
+            )
+
+    def _patch_side(self) -> float:
+        """Side of a patch in CRS units."""
+        return float(self.patch_size) * self.info.gsd
+
+    def _regions(self, split: str) -> list[Box] | None:
+        """Regions of *split* at least a patch wide, if the dataset has a spatial split.
+
+        Raises:
+            ConfigError: If no region of *split* holds a patch.
+        """
+        spatial = self.info.spatial_split
+        if spatial is None:
+            return None
+        boxes = spatial.boxes(split, self._patch_side())
+        if not boxes:
+            raise ConfigError(
+                f"{self.root}: no {split} region of the spatial split holds a "
+                f"{self.patch_size} px patch; prepare the data with --patch-size {self.patch_size}"
+            )
+        return boxes
+
+    def _train_roi(self) -> shapely.Geometry | None:
+        """The training regions as one geometry, if the dataset has a spatial split.
+
+        Raises:
+            ConfigError: If no random patch fits in the training regions.
+        """
+        boxes = self._regions("train")
+        if boxes is None:
+            return None
+        roi = shapely.union_all([shapely.box(*b) for b in boxes])
+        radius = self._patch_side() / math.sqrt(2)
+        if shapely.buffer(roi, -radius).is_empty:
+            raise ConfigError(
+                f"{self.root}: the training regions of the spatial split are too narrow for "
+                f"random {self.patch_size} px patches; use larger --split-block"
+            )
+        return roi
 
     def teardown(self, stage: str) -> None:
         """Close the file handles of every dataset once *stage* is over."""

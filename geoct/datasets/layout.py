@@ -33,6 +33,8 @@ from rasterio.warp import reproject
 
 from ..classes import ClassTable
 from ..errors import AlignmentError, InputError, OutputExistsError
+from ..geodesy import ground_gsd, pixel_size
+from .splits import SpatialSplit
 
 #: File name of the dataset description at the root of a prepared dataset.
 DATASET_JSON = "dataset.json"
@@ -142,8 +144,13 @@ class Grid:
 
     @property
     def res(self) -> float:
-        """Pixel size along x, in CRS units."""
-        return abs(self.transform.a)
+        """Pixel size along x (length of the column vector), in CRS units."""
+        return pixel_size(self.transform)[0]
+
+    @property
+    def gsd(self) -> float:
+        """Ground sample distance in metres at the grid's centre (see :mod:`geoct.geodesy`)."""
+        return ground_gsd(self.crs, self.transform, self.width, self.height)
 
     @property
     def is_georeferenced(self) -> bool:
@@ -380,7 +387,9 @@ class DatasetInfo:
     Attributes:
         name: Dataset name.
         crs: CRS of the tiles, as WKT or an ``EPSG:`` string.
-        gsd: Ground sample distance in CRS units (metres).
+        gsd: Pixel size in CRS units.
+        ground_gsd: Ground sample distance in metres (geodesic, at the first tile's
+            centre), or ``None`` in files from before it was recorded.
         bands: Names of the image bands, in file order.
         height: Height products present (``["dsm"]``, ``["dsm", "ndsm"]``...); in JSON
             this is ``"dsm"``, ``"ndsm"``, a list, or null.
@@ -390,6 +399,9 @@ class DatasetInfo:
             training tiles (``min``, ``max`` and ``dtype`` may be missing in older files).
         block_size: Side of the GeoTIFF blocks, in pixels.
         tiles: ``{tile_id: {product: path relative to the root}}``.
+        spatial_split: Regions of each split within the tiles, when the splits are
+            spatial blocks rather than whole tiles (then ``splits`` lists the tiles
+            each split's regions lie on).
     """
 
     name: str
@@ -401,13 +413,16 @@ class DatasetInfo:
     splits: dict[str, list[str]] = field(default_factory=dict)
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     block_size: int = DEFAULT_BLOCK_SIZE
+    ground_gsd: float | None = None
     tiles: dict[str, dict[str, str]] = field(default_factory=dict)
+    spatial_split: SpatialSplit | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form (``height`` as a single string when there is one)."""
         height: str | list[str] | None = list(self.height) or None
         if height and len(height) == 1:
             height = height[0]
+        spatial = {"spatial_split": self.spatial_split.to_dict()} if self.spatial_split else {}
         return {
             "name": self.name,
             "crs": self.crs,
@@ -419,6 +434,8 @@ class DatasetInfo:
             "stats": self.stats,
             "block_size": self.block_size,
             "tiles": self.tiles,
+            **({"ground_gsd": self.ground_gsd} if self.ground_gsd is not None else {}),
+            **spatial,
         }
 
     @classmethod
@@ -436,6 +453,10 @@ class DatasetInfo:
             stats=d.get("stats", {}),
             block_size=int(d.get("block_size", DEFAULT_BLOCK_SIZE)),
             tiles=d.get("tiles", {}),
+            ground_gsd=float(d["ground_gsd"]) if d.get("ground_gsd") is not None else None,
+            spatial_split=SpatialSplit.from_dict(d["spatial_split"])
+            if d.get("spatial_split")
+            else None,
         )
 
     def tile_files(self, root: str | Path, tile_ids: Iterable[str], product: str) -> list[str]:

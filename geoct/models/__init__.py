@@ -5,6 +5,7 @@ from .contrastive import ContrastiveOutput, PatchContrastiveLoss, patch_class_co
 from .decoder import UPerNetDecoder
 from .projection import ProjectionHead
 from .segmenter import DECODERS, Segmenter, build_segmenter
+from .weights import WeightsRecord, load_backbone_weights
 
 __all__ = (
     "DECODERS",
@@ -15,6 +16,8 @@ __all__ = (
     "Segmenter",
     "SimplePyramid",
     "UPerNetDecoder",
+    "WeightsRecord",
     "build_segmenter",
+    "load_backbone_weights",
     "patch_class_counts",
 )

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .backbone import Backbone, SimplePyramid
 from .decoder import UPerNetDecoder
+from .weights import WeightsRecord, load_backbone_weights
 
 #: Decoders accepted by :func:`build_segmenter`.
 DECODERS = ("upernet", "fpn")
@@ -49,6 +50,8 @@ class Segmenter(nn.Module):
         #: Input sides are padded to a multiple of this.
         self.pad_multiple: int = max(strides)
         self.num_classes = num_classes
+        #: The pretrained backbone weights loaded by :func:`build_segmenter`, if any.
+        self.weights_record: WeightsRecord | None = None
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Compute logits and the backbone features used by the contrastive loss.
@@ -84,6 +87,7 @@ def build_segmenter(
     backbone_indices: Sequence[int] | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     pretrained: bool = False,
+    backbone_weights: str | None = None,
 ) -> Segmenter:
     """Build a :class:`Segmenter` from plain settings (as stored in hparams).
 
@@ -96,18 +100,30 @@ def build_segmenter(
         backbone_indices: timm ``out_indices``; see :class:`Backbone`.
         backbone_kwargs: Extra :func:`timm.create_model` arguments.
         pretrained: Load timm's pretrained weights.
+        backbone_weights: A local weights file or TorchGeo weights enum name to
+            initialise the backbone from (see :mod:`geoct.models.weights`); the
+            record of what was loaded is kept in ``weights_record``.
 
     Returns:
         The network.
 
     Raises:
-        ConfigError: For an unknown decoder or an unusable backbone.
+        ConfigError: For an unknown decoder, an unusable backbone, both
+            *pretrained* and *backbone_weights*, or weights that do not fit.
+        InputError: If the *backbone_weights* file is missing or unreadable.
     """
     if decoder not in DECODERS:
         raise ConfigError(f"decoder {decoder!r}: expected one of {', '.join(DECODERS)}")
+    if pretrained and backbone_weights:
+        raise ConfigError("give either pretrained: true (timm's weights) or backbone_weights")
     encoder = Backbone(backbone, in_channels, pretrained, backbone_indices, backbone_kwargs)
+    record = None
+    if backbone_weights:
+        record = load_backbone_weights(encoder.net, backbone, backbone_weights)
     neck = SimplePyramid(encoder.channels, encoder.strides[0]) if encoder.plain else None
     channels = neck.channels if neck is not None else encoder.channels
     pool_scales = (1, 2, 3, 6) if decoder == "upernet" else None
     head = UPerNetDecoder(channels, decoder_channels, pool_scales)
-    return Segmenter(encoder, head, num_classes, neck)
+    network = Segmenter(encoder, head, num_classes, neck)
+    network.weights_record = record
+    return network

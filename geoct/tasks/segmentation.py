@@ -22,7 +22,9 @@ def network_from_hparams(hparams: Mapping[str, Any], pretrained: bool | None = N
 
     Args:
         hparams: :class:`ContrastiveSemanticSegmentationTask` hyperparameters.
-        pretrained: Overrides ``hparams["pretrained"]`` (False when loading weights).
+        pretrained: Overrides ``hparams["pretrained"]``; when given, no
+            ``backbone_weights`` are loaded either (False when loading a checkpoint's
+            own weights, so that its weights file need not exist).
 
     Returns:
         The network, without projection heads.
@@ -36,6 +38,7 @@ def network_from_hparams(hparams: Mapping[str, Any], pretrained: bool | None = N
         backbone_indices=hparams["backbone_indices"],
         backbone_kwargs=hparams["backbone_kwargs"],
         pretrained=hparams["pretrained"] if pretrained is None else pretrained,
+        backbone_weights=hparams.get("backbone_weights") if pretrained is None else None,
     )
 
 
@@ -73,6 +76,7 @@ class ContrastiveSemanticSegmentationTask(SemanticSegmentation):
         backbone_indices: list[int] | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
         pretrained: bool = False,
+        backbone_weights: str | None = None,
         in_channels: int = 4,
         num_classes: int = 6,
         ignore_index: int = 255,
@@ -111,6 +115,13 @@ class ContrastiveSemanticSegmentationTask(SemanticSegmentation):
             backbone_kwargs: Extra :func:`timm.create_model` arguments (e.g. to
                 shrink a model: ``embed_dim``, ``depths``, ``num_heads``).
             pretrained: Load timm's pretrained backbone weights (needs network).
+            backbone_weights: Initialise the backbone from a local timm state dict
+                (``.pth``/``.pt``/``.safetensors``, works offline) or a TorchGeo
+                weights enum name such as ``ViTSmall16_Weights.SENTINEL2_ALL_MOCO``
+                (downloads); the first layer is adapted to ``in_channels`` (see
+                :mod:`geoct.models.weights`). What was loaded, with the file's
+                SHA-256, is recorded as the ``backbone_weights_record`` hyperparameter
+                and in ``checkpoint["geoct"]["backbone_weights"]``.
             in_channels: Input channels; must match the data's bands.
             num_classes: Number of classes.
             ignore_index: Label ignored by losses, metrics and patch labelling.
@@ -153,6 +164,8 @@ class ContrastiveSemanticSegmentationTask(SemanticSegmentation):
         """Build the network and, if enabled, the contrastive loss with its heads."""
         hp = self.hparams
         self.model = network_from_hparams(hp)
+        if self.model.weights_record is not None:
+            hp["backbone_weights_record"] = self.model.weights_record.to_dict()
         self.patch_loss: PatchContrastiveLoss | None = None
         if not hp["contrastive"]:
             return
@@ -270,11 +283,13 @@ class ContrastiveSemanticSegmentationTask(SemanticSegmentation):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the model spec under ``checkpoint["geoct"]``."""
+        """Store the model spec (and the backbone weights record) under ``checkpoint["geoct"]``."""
         spec = self.model_spec
         if spec is None:
             raise ConfigError("cannot save a checkpoint without a model spec")
         checkpoint[CHECKPOINT_KEY] = spec.to_dict()
+        if self.hparams.get("backbone_weights_record"):
+            checkpoint[CHECKPOINT_KEY]["backbone_weights"] = self.hparams["backbone_weights_record"]
 
     def _check_batch(self, x: Tensor, y: Tensor | None, stage: str) -> None:
         """Validate the first batch of each stage (one host sync)."""

@@ -118,7 +118,7 @@ def test_checkpoint_is_self_describing(checkpoint: Path) -> None:
 def test_load_model_for_prediction(checkpoint: Path) -> None:
     model, spec = load_model(checkpoint)
     assert isinstance(model, Segmenter) and not model.training
-    assert spec.in_channels == 4 and spec.gsd == 0.05
+    assert spec.in_channels == 4 and spec.gsd == pytest.approx(0.05, rel=1e-3)
     assert not any("patch_loss" in name or "heads" in name for name, _ in model.named_modules())
     with torch.no_grad():
         for size in (64, 128, 80):
