@@ -117,7 +117,7 @@ def _score(value: float | None) -> str:
 def summarise(out: Path, timings: Timings, outputs: dict[str, Path]) -> str:
     """Return the printed summary and write it as ``summary.json`` in *out*."""
     report = json.loads(outputs["evaluation report"].read_text())
-    predict_log = json.loads((out / "prediction" / "predict.json").read_text())
+    predict_log = json.loads((out / "prediction" / "predict.json").read_text())["scenes"][0]
     lines = [
         "",
         "geoct demo summary",
