@@ -21,9 +21,15 @@ def parser(prog: str = "geoct vectorize") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Polygonise a class raster into a styled GeoPackage or GeoJSON layer "
-        "(seamless across processing blocks; nodata is never polygonised).",
+        "(seamless across processing blocks and mosaic tiles; nodata is never polygonised). "
+        "The raster is read block row by block row and polygons are written as soon as "
+        "they are complete, so memory does not grow with the raster.",
     )
-    p.add_argument("classes", type=Path, help="class raster, e.g. SCENE.classes.tif")
+    p.add_argument(
+        "classes",
+        type=Path,
+        help="class raster, e.g. SCENE.classes.tif or a mosaic OUT_DIR/mosaic.classes.vrt",
+    )
     p.add_argument(
         "--output",
         type=Path,
@@ -38,8 +44,8 @@ def parser(prog: str = "geoct vectorize") -> argparse.ArgumentParser:
         default=0.0,
         metavar="M",
         help="simplification tolerance in metres on the ground (converted to map units at "
-        "the scene centre; map units for a raster without CRS), topology preserved "
-        "(default: 0, keep pixel edges)",
+        "the scene centre; map units for a raster without CRS); neighbours keep sharing "
+        "their edges, without gaps or overlaps (default: 0, keep pixel edges)",
     )
     p.add_argument(
         "--min-area",

@@ -232,6 +232,7 @@ def test_bad_inputs(tmp_path: Path, classes_tif: Path) -> None:
 def test_default_output_name() -> None:
     assert default_output(Path("d/s.classes.tif")) == Path("d/s.polygons.gpkg")
     assert default_output(Path("d/pred.tif")) == Path("d/pred.gpkg")
+    assert default_output(Path("o/mosaic.classes.vrt")) == Path("o/mosaic.polygons.gpkg")
 
 
 def test_cli(tmp_path: Path, classes_tif: Path, confidence_tif: Path) -> None:
