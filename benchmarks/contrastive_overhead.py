@@ -18,10 +18,14 @@ on CUDA, and on CPU the growth of the peak resident set size (``getrusage`` max 
 over the RSS before the first training step (gradients and optimiser state included).
 
 Run: ``python benchmarks/contrastive_overhead.py`` (CPU: 128 px, batch 4) or on a GPU
-``--device cuda --size 512 --batch 16`` (bf16 autocast).
+``--device cuda --size 512 --batch 16`` (bf16 autocast). ``--device`` takes ``auto``
+(CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. Only torch, timm and
+segmentation_models_pytorch are needed: on a GPU machine without geoct's geospatial
+stack the segmentation loss is loaded from its file.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -33,8 +37,29 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import geoct
 from geoct.models import PatchContrastiveLoss, build_segmenter
-from geoct.tasks.losses import SegmentationLoss
+
+
+def _segmentation_loss() -> type:
+    """geoct's ``SegmentationLoss``, without ``geoct.tasks`` if that cannot be imported.
+
+    Importing ``geoct.tasks`` imports the Lightning tasks and with them TorchGeo,
+    rasterio, GeoPandas, ...; the loss module itself needs only torch and
+    segmentation_models_pytorch, so a bare GPU machine can run this benchmark.
+    """
+    try:
+        from geoct.tasks.losses import SegmentationLoss
+    except ImportError:
+        path = Path(geoct.__file__).parent / "tasks" / "losses.py"
+        spec = importlib.util.spec_from_file_location("geoct_task_losses", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.SegmentationLoss
+    return SegmentationLoss
+
+
+SegmentationLoss = _segmentation_loss()
 
 BACKBONES = {
     "swin_t": "swin_tiny_patch4_window7_224",
@@ -177,7 +202,7 @@ def run_child(args: argparse.Namespace, backbone: str, variant: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--size", type=int, default=None, help="patch side (CPU 128, CUDA 512)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (CPU 4, CUDA 16)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (median reported)")
@@ -194,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     cuda = args.device.startswith("cuda")
     args.size = args.size or (512 if cuda else 128)
     args.batch = args.batch or (16 if cuda else 4)
@@ -203,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
-    device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    device_name = torch.cuda.get_device_name(torch.device(args.device)) if cuda else "cpu"
     print(f"device {device_name}, {args.size} px, batch {args.batch}, best of {args.steps} steps")
     header = (
         f"{'backbone':<15}{'variant':<11}{'step ms':>9}{'x base':>8}{'peak MiB':>10}{'x base':>8}"

@@ -23,6 +23,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import torch
 import yaml
 
 from geoct.datasets.recipes import prepare_synthetic
@@ -62,7 +63,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--gradient-clip", type=float, default=1.0, help="clip of the gradient norm (0: off)"
     )
-    parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="shorthand for --accelerator (cuda: gpu); fails early when CUDA is missing",
+    )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "contrastive_quality.json"
     )
@@ -133,8 +139,20 @@ def print_table(table: dict) -> None:
         print(f"{name:<20}{m:>9.4f} ± {s:.3f}{d:>+12.4f} ± {ds:.3f}{step:>9.2f}{memory:>10.2f}")
 
 
+def resolve_accelerator(args: argparse.Namespace) -> str:
+    """The Lightning accelerator of ``--device`` (or ``--accelerator``)."""
+    if args.device is None:
+        return args.accelerator
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            "contrastive_quality: --device cuda: CUDA is not available on this machine"
+        )
+    return {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}[args.device]
+
+
 def main() -> None:
     args = parse_args()
+    args.accelerator = resolve_accelerator(args)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     model_args, data_args = load_config(args.config, args.set)
     variants = {v[0]: overrides(v[1:]) for v in args.variant or [["contrastive"]]}

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import rasterio
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
 
 from .errors import InputError, OutputExistsError
 
@@ -249,3 +251,35 @@ def output_set(paths: Sequence[str | Path], overwrite: bool = False) -> Iterator
     for backup in backups:
         Path(backup).unlink(missing_ok=True)
     journal.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def read_errors(path: Path, win: Window) -> Iterator[None]:
+    """Turn a GDAL read failure inside the block into an :class:`InputError` naming *win*.
+
+    Args:
+        path: The file being read.
+        win: The window being read.
+
+    Raises:
+        InputError: ``cannot read rows R0-R1, columns C0-C1: MESSAGE`` (inclusive
+            bounds, first line of GDAL's message).
+    """
+    try:
+        yield
+    except (RasterioIOError, CPLE_BaseError) as e:
+        r0, c0 = int(win.row_off), int(win.col_off)
+        r1, c1 = r0 + int(win.height) - 1, c0 + int(win.width) - 1
+        message = _gdal_message(e)
+        raise InputError(
+            path, f"cannot read rows {r0}-{r1}, columns {c0}-{c1}: {message}"
+        ) from None
+
+
+def _gdal_message(error: BaseException) -> str:
+    """First line of GDAL's own message behind a rasterio error (rasterio chains it)."""
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    lines = str(cause).strip().splitlines() or str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -1,15 +1,21 @@
-"""Streaming blend of overlapping window logits with memory independent of the scene size.
+"""Streaming blend of overlapping window logits on the model's device, in bounded memory.
 
 Windows arrive in raster order (window rows top to bottom, windows left to right).
-While a window row is processed, a column-sliding buffer holds the weighted logit
-sums and weight sums of the rows that row touches, for at most two windows' width.
-Columns left of the next window's start are complete for this window row: their
-rows above the next window row are final and are handed to a sink; the rows below
-(touched again by the next window row) are the *carry*, spilled to a scratch file
-and read back while the next window row passes. So memory is bounded by
-``(K + 1) x window x 2 windows`` floats whatever the scene size; only the scratch
-file (carry rows x scene width) grows with the scene, and it lives in the page
-cache or on disk, not in the process.
+While a window row is processed, a column-sliding buffer of torch tensors on the
+model's device holds the weighted logit sums and weight sums of the rows that row
+touches, for at most ``chunk + window`` columns. Once ``chunk`` columns are complete
+for this window row (no later window of the row touches them), or the row ends,
+they are handed on: their rows above the next window row are final and go to a
+sink, still on the device; the rows below (touched again by the next window row)
+are the *carry*, kept for the next window row. The default chunk covers the whole
+scene width, so a row band is finalised at once; a scene wider than the device
+budget (:data:`BUFFER_BYTES`) is tiled by columns. The carry (``overlap`` rows x
+scene width) stays on the device when it fits :data:`CARRY_BYTES`, else it is
+spilled to a scratch file (page cache or disk, not the process).
+
+Every pixel accumulates its windows in the same order (raster order) with the same
+float32 operations (``logits * (hann * valid)`` then ``+=``) whatever the chunking
+and the device, so on CPU the sums are bit for bit those of a NumPy blend.
 """
 
 import os
@@ -17,38 +23,77 @@ import tempfile
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from .windows import WindowGrid, hann_2d
 
-#: ``sink(row, col, sums, weights)`` receives final blocks: ``sums`` is ``(K, h, w)``
-#: weighted logit sums and ``weights`` the ``(h, w)`` weight sums (zero = no data).
-BlockSink = Callable[[int, int, np.ndarray, np.ndarray], None]
+#: ``sink(row, col, sums, weights)`` receives final blocks on the blender's device:
+#: ``sums`` is ``(K, h, w)`` weighted logit sums and ``weights`` the ``(h, w)`` weight
+#: sums (zero = no data). Both are views of the blender's buffer, valid during the call.
+BlockSink = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+#: Largest blending buffer, in bytes, per device type; wider row bands are tiled by columns.
+BUFFER_BYTES = {"cuda": 256 << 20, "cpu": 32 << 20}
+
+#: Largest carry kept on the device, in bytes, per device type; a larger one goes to a file.
+CARRY_BYTES = {"cuda": 512 << 20, "cpu": 32 << 20}
+
+
+class DeviceCarry:
+    """Carry rows of a whole window row as one tensor on the blender's device."""
+
+    def __init__(self, channels: int, max_rows: int, width: int, device: torch.device) -> None:
+        """Allocate the carry.
+
+        Args:
+            channels: Values per pixel (classes plus one weight).
+            max_rows: Largest carry height.
+            width: Scene width.
+            device: Where the tensor lives.
+        """
+        self.data = torch.empty((channels, max_rows, width), dtype=torch.float32, device=device)
+
+    def write(self, col: int, data: torch.Tensor) -> None:
+        """Store ``(channels, rows, cols)`` *data* for columns starting at *col*."""
+        self.data[:, : data.shape[1], col : col + data.shape[2]] = data
+
+    def read(self, col: int, rows: int, cols: int) -> torch.Tensor:
+        """Return ``(channels, rows, cols)`` values stored for columns starting at *col*."""
+        return self.data[:, :rows, col : col + cols]
+
+    def close(self) -> None:
+        """Release the tensor."""
+        self.data = torch.empty(0)
 
 
 class CarryStore:
-    """Scratch file holding the not yet final rows of a window row, column by column."""
+    """Scratch file holding the carry rows of a window row, column by column.
 
-    def __init__(self, channels: int, max_rows: int, width: int) -> None:
+    Used when the carry does not fit the device budget; each write and read is a
+    copy between the device and the host.
+    """
+
+    def __init__(self, channels: int, max_rows: int, width: int, device: torch.device) -> None:
         """Create an anonymous scratch file.
 
         Args:
             channels: Values per pixel (classes plus one weight).
             max_rows: Largest carry height.
             width: Scene width.
+            device: Where read values are returned.
         """
         self.record = (channels, max_rows)
-        self.file = tempfile.TemporaryFile(prefix="geoct-carry-") if max_rows else None  # noqa: SIM115
+        self.device = device
+        self.file = tempfile.TemporaryFile(prefix="geoct-carry-")  # noqa: SIM115
 
-    def write(self, col: int, data: np.ndarray) -> None:
+    def write(self, col: int, data: torch.Tensor) -> None:
         """Store ``(channels, rows, cols)`` *data* for columns starting at *col*."""
-        if self.file is None or data.shape[1] == 0:
-            return
         channels, max_rows = self.record
         records = np.zeros((data.shape[2], channels, max_rows), dtype=np.float32)
-        records[:, :, : data.shape[1]] = data.transpose(2, 0, 1)
+        records[:, :, : data.shape[1]] = data.cpu().numpy().transpose(2, 0, 1)
         os.pwrite(self.file.fileno(), records, col * channels * max_rows * 4)
 
-    def read(self, col: int, rows: int, cols: int) -> np.ndarray:
+    def read(self, col: int, rows: int, cols: int) -> torch.Tensor:
         """Return ``(channels, rows, cols)`` values stored for columns starting at *col*."""
         channels, max_rows = self.record
         records = np.empty((cols, channels, max_rows), dtype=np.float32)
@@ -56,12 +101,11 @@ class CarryStore:
         n = os.preadv(self.file.fileno(), [view], col * channels * max_rows * 4)
         if n != view.nbytes:
             raise OSError("short read from the carry scratch file")
-        return records[:, :, :rows].transpose(1, 2, 0)
+        return torch.from_numpy(records[:, :, :rows].transpose(1, 2, 0)).to(self.device)
 
     def close(self) -> None:
         """Delete the scratch file."""
-        if self.file is not None:
-            self.file.close()
+        self.file.close()
 
 
 def _final_bounds(offsets: list[int], length: int) -> list[int]:
@@ -69,29 +113,68 @@ def _final_bounds(offsets: list[int], length: int) -> list[int]:
     return [0, *(min(max(o, 0), length) for o in offsets[1:]), length]
 
 
+def chunk_columns(grid: WindowGrid, channels: int, budget: int) -> int:
+    """Columns finalised at once so that the blending buffer fits *budget* bytes.
+
+    Args:
+        grid: The window layout.
+        channels: Values per pixel (classes plus one weight).
+        budget: Buffer size limit in bytes.
+
+    Returns:
+        The chunk width: the scene width when a whole row band fits, else at least
+        one window stride.
+    """
+    wh, ww = grid.window
+    fit = budget // (channels * wh * 4) - ww
+    stride = max(ww - grid.overlap[1], 1)
+    return grid.width if fit >= grid.width else max(fit, stride)
+
+
 class StreamingBlender:
     """Blends window logits arriving in raster order and emits final blocks to a sink."""
 
-    def __init__(self, grid: WindowGrid, num_classes: int, sink: BlockSink) -> None:
+    def __init__(
+        self,
+        grid: WindowGrid,
+        num_classes: int,
+        sink: BlockSink,
+        device: torch.device | str = "cpu",
+        buffer_bytes: int | None = None,
+        carry_bytes: int | None = None,
+    ) -> None:
         """Initialise a blender for one scene.
 
         Args:
             grid: The window layout.
             num_classes: Number of logit channels.
             sink: Receives final blocks in raster order of window rows.
+            device: Where the buffers live and blending runs (the model's device).
+            buffer_bytes: Blending buffer budget (default :data:`BUFFER_BYTES`).
+            carry_bytes: Budget of the carry on the device (default :data:`CARRY_BYTES`).
         """
         self.grid = grid
         self.k = num_classes
         self.sink = sink
+        self.device = torch.device(device)
+        kind = "cuda" if self.device.type == "cuda" else "cpu"
         self.rows, self.cols = grid.rows, grid.cols
         self.row_bounds = _final_bounds(self.rows, grid.height)
         self.col_bounds = _final_bounds(self.cols, grid.width)
-        self.weight = hann_2d(*grid.window)
+        self.weight = torch.from_numpy(hann_2d(*grid.window)).to(self.device)
         wh, ww = grid.window
+        channels = self.k + 1
+        budget = BUFFER_BYTES[kind] if buffer_bytes is None else buffer_bytes
+        self.chunk = chunk_columns(grid, channels, budget)
+        width = min(self.chunk + ww, grid.width)
+        self.buffer = torch.zeros((channels, wh, width), dtype=torch.float32, device=self.device)
+        self._product = torch.empty((self.k, wh, ww), dtype=torch.float32, device=self.device)
+        self._weight = torch.empty((wh, ww), dtype=torch.float32, device=self.device)
         carries = [self._band(i)[1] - self.row_bounds[i + 1] for i in range(len(self.rows))]
-        self.store = CarryStore(self.k + 1, max(0, *carries), grid.width)
-        self.buffer = np.zeros((self.k + 1, wh, 2 * ww), dtype=np.float32)
-        self.scratch = np.empty((self.k, wh, ww), dtype=np.float32)
+        max_carry = max(0, *carries)
+        carry_budget = CARRY_BYTES[kind] if carry_bytes is None else carry_bytes
+        store = DeviceCarry if channels * max_carry * grid.width * 4 <= carry_budget else CarryStore
+        self.store = store(channels, max_carry, grid.width, self.device) if max_carry else None
         self._i, self._j = 0, 0
         self._origin = 0
         self._filled = 0
@@ -101,62 +184,82 @@ class StreamingBlender:
         """Scene rows touched while window row *i* is processed."""
         return self.row_bounds[i], min(self.rows[i] + self.grid.window[0], self.grid.height)
 
-    def push(self, logits: np.ndarray | None, valid: np.ndarray | None) -> None:
+    def push(
+        self,
+        logits: torch.Tensor | np.ndarray | None,
+        valid: torch.Tensor | np.ndarray | None = None,
+    ) -> None:
         """Add the next window in raster order.
 
         Args:
             logits: ``(K, wh, ww)`` float32 logits, or ``None`` for a skipped window.
-            valid: ``(wh, ww)`` validity mask of the window (ignored when skipped).
+            valid: ``(wh, ww)`` boolean validity mask of the window, or ``None`` when
+                every pixel is valid (ignored for a skipped window).
         """
         i, j = self._i, self._j
         top, bottom = self._band(i)
         right = min(self.cols[j] + self.grid.window[1], self.grid.width)
         self._extend(right, bottom - top)
         if logits is not None:
-            self._add(logits, valid, top, bottom, right)
-        self._finalise_columns(j, top, bottom)
+            self._add(self._tensor(logits), self._tensor(valid), top, bottom, right)
+        last = j == len(self.cols) - 1
+        if last or self.col_bounds[j + 1] - self._origin >= self.chunk:
+            self._finalise_columns(j, top, bottom)
         self._j += 1
-        if self._j == len(self.cols):
+        if last:
             self._carry_rows = bottom - self.row_bounds[i + 1]
             self._i, self._j = i + 1, 0
             self._origin = self._filled = 0
+
+    def _tensor(self, array: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
+        if array is None or isinstance(array, torch.Tensor):
+            return array
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     def _extend(self, right: int, band_height: int) -> None:
         """Initialise buffer columns up to *right*, loading the carry from the previous row."""
         if right <= self._filled:
             return
         lo, hi = self._filled - self._origin, right - self._origin
-        self.buffer[:, :band_height, lo:hi] = 0.0
+        self.buffer[:, self._carry_rows : band_height, lo:hi] = 0.0
         if self._carry_rows:
             carry = self.store.read(self._filled, self._carry_rows, right - self._filled)
             self.buffer[:, : self._carry_rows, lo:hi] = carry
         self._filled = right
 
     def _add(
-        self, logits: np.ndarray, valid: np.ndarray, top: int, bottom: int, right: int
+        self,
+        logits: torch.Tensor,
+        valid: torch.Tensor | None,
+        top: int,
+        bottom: int,
+        right: int,
     ) -> None:
         row, col = self.rows[self._i], self.cols[self._j]
         left = max(col, 0)
-        win = (slice(top - row, bottom - row), slice(left - col, right - col))
-        weight = self.weight[win] * valid[win]
-        dst = (slice(0, bottom - top), slice(left - self._origin, right - self._origin))
-        scratch = self.scratch[:, : weight.shape[0], : weight.shape[1]]
-        np.multiply(logits[(slice(None), *win)], weight, out=scratch)
-        self.buffer[(slice(0, self.k), *dst)] += scratch
+        rows, cols = slice(top - row, bottom - row), slice(left - col, right - col)
+        h, w = bottom - top, right - left
+        weight = self.weight[rows, cols]
+        if valid is not None:
+            weight = torch.mul(weight, valid[rows, cols], out=self._weight[:h, :w])
+        product = torch.mul(logits[:, rows, cols], weight, out=self._product[:, :h, :w])
+        dst = (slice(0, h), slice(left - self._origin, right - self._origin))
+        self.buffer[(slice(0, self.k), *dst)] += product
         self.buffer[(self.k, *dst)] += weight
 
     def _finalise_columns(self, j: int, top: int, bottom: int) -> None:
-        c0, c1 = self.col_bounds[j], self.col_bounds[j + 1]
+        """Hand on the columns complete after window *j*: final rows to the sink, the rest to the carry."""
+        c0, c1 = self._origin, self.col_bounds[j + 1]
         split = self.row_bounds[self._i + 1]
-        lo, hi = c0 - self._origin, c1 - self._origin
+        hi = c1 - c0
         if c1 > c0 and split > top:
-            block = self.buffer[:, : split - top, lo:hi]
-            self.sink(top, c0, block[: self.k].copy(), block[self.k].copy())
+            block = self.buffer[:, : split - top, :hi]
+            self.sink(top, c0, block[: self.k], block[self.k])
         if c1 > c0 and bottom > split:
-            self.store.write(c0, self.buffer[:, split - top : bottom - top, lo:hi])
+            self.store.write(c0, self.buffer[:, split - top : bottom - top, :hi])
         keep = self._filled - c1
         if keep > 0 and hi > 0:
-            self.buffer[:, :, :keep] = self.buffer[:, :, hi : hi + keep].copy()
+            self.buffer[:, :, :keep] = self.buffer[:, :, hi : hi + keep].clone()
         self._origin = c1
 
     @property
@@ -165,5 +268,7 @@ class StreamingBlender:
         return self._i == len(self.rows)
 
     def close(self) -> None:
-        """Release the scratch file."""
-        self.store.close()
+        """Release the carry and the buffer."""
+        if self.store is not None:
+            self.store.close()
+        self.buffer = torch.empty(0)

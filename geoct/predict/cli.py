@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="windows per batch (default: automatic)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--tta", action="store_true", help="average over flips")
+    parser.add_argument(
+        "--compile", action="store_true", help="compile the model with torch.compile (slow start)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
         "--match-gsd", action="store_true", help="run the model at the checkpoint's GSD"
@@ -128,6 +131,7 @@ def options_from_args(args: argparse.Namespace) -> PredictOptions:
         overwrite=args.overwrite,
         progress=not args.quiet,
         values=ValueOptions(scale=args.scale, rescale=args.rescale, force=args.force),
+        compile=args.compile,
     )
 
 
@@ -275,6 +279,8 @@ def write_report(
             "windows_run": result.windows_run,
             "seconds": result.seconds,
             "megapixels_per_second": result.megapixels_per_second,
+            "publish_seconds": result.publish_seconds,
+            "stage_seconds": result.stages,
             "outputs": {kind: str(p) for kind, p in result.outputs.items()},
         }
         for result in results

@@ -1,11 +1,16 @@
 """Streaming sliding-window prediction of a scene with any :class:`torch.nn.Module`.
 
-Three threads keep the model busy: a reader thread reads and normalises windows
-(:class:`~geoct.predict.reader.SceneReader`), the calling thread batches them and
-runs the model, and a writer thread blends the logits
-(:class:`~geoct.predict.accumulator.StreamingBlender`) and writes final blocks
-(:class:`~geoct.predict.writer.PredictionWriter`). Queues between them are bounded,
-so memory does not depend on the scene size.
+The scene is read once, in strips of the window grid, by several reader threads
+(:class:`~geoct.predict.strips.StripReader`); a batching thread cuts raw windows
+from the strips into (pinned) host batches (:mod:`~geoct.predict.transfer`) while
+the device works on the previous batch; the calling thread copies each batch to the
+model's device, normalises it there, runs the model and blends the logits into a
+row-band accumulator on the device (:class:`~geoct.predict.accumulator.StreamingBlender`),
+which finalises rows there into uint8 classes, confidence and probabilities
+(:mod:`~geoct.predict.device_blend`); only those uint8 rows come back, and a writer
+thread writes them as tiles into the staging files
+(:class:`~geoct.predict.writer.PredictionWriter`). Queues between the threads are
+bounded, so memory does not depend on the scene size.
 """
 
 import hashlib
@@ -14,6 +19,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +36,10 @@ from ..export.styles import raster_qml
 from ..metadata import ModelSpec
 from ..raster_io import atomic_output, check_output
 from .accumulator import StreamingBlender
+from .device_blend import InputNormaliser, finalise
 from .reader import GSD_TOLERANCE, SceneReader, ground_size, gsd_ratio
+from .strips import StripReader
+from .transfer import BatchPool, HostBatch, StageTimes, stage_times, to_host
 from .values import ValueOptions
 from .windows import WindowGrid
 from .writer import Grid, OutputPaths, PredictionWriter
@@ -71,6 +80,8 @@ class PredictOptions:
         overwrite: Replace existing outputs.
         progress: Show a progress bar.
         values: How the scene's values are checked and scaled against the training data.
+        compile: Compile the model with ``torch.compile`` (the first batch, and the
+            automatic batch size, then take longer).
     """
 
     window: int | None = None
@@ -84,6 +95,7 @@ class PredictOptions:
     overwrite: bool = False
     progress: bool = True
     values: ValueOptions = field(default_factory=ValueOptions)
+    compile: bool = False
 
 
 @dataclass
@@ -99,8 +111,11 @@ class PredictionResult:
         height: Scene height in pixels.
         windows: Windows in the grid.
         windows_run: Windows passed to the model (others were entirely nodata).
-        seconds: Wall-clock time of the prediction.
+        seconds: Wall-clock time of the prediction, publishing included.
         extra: Free-form results of post-processing steps.
+        publish_seconds: Of which publishing the COGs (overviews and copies).
+        stages: Seconds per pipeline stage (``read``, ``to_device``, ``forward``,
+            ``blend``, ``finalise``, ``to_host``, ``write``), summed over threads.
     """
 
     scene: Path
@@ -112,6 +127,8 @@ class PredictionResult:
     windows_run: int
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    publish_seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def megapixels_per_second(self) -> float:
@@ -125,7 +142,8 @@ class PredictionResult:
             f"{self.scene.name}: predicted {self.width} x {self.height} pixels "
             f"({self.width * self.height / 1e6:.2f} MP) with {self.windows_run} of "
             f"{self.windows} windows in {self.seconds:.1f} s "
-            f"({self.megapixels_per_second:.3g} MP/s); wrote {files}."
+            f"({self.megapixels_per_second:.3g} MP/s; publishing {self.publish_seconds:.1f} s); "
+            f"wrote {files}."
         )
 
 
@@ -149,9 +167,10 @@ def file_sha256(path: Path) -> str:
 
 
 class WindowPredictor:
-    """Runs a segmentation model on batches of normalised windows.
+    """Runs a segmentation model on batches of normalised windows on its device.
 
-    On CUDA the model runs channels-last under bf16 autocast; on CPU in float32.
+    The model runs channels-last, under bf16 autocast on CUDA and in float32 on
+    CPU, optionally compiled with ``torch.compile``.
     """
 
     def __init__(
@@ -161,6 +180,7 @@ class WindowPredictor:
         device: torch.device,
         model_size: tuple[int, int] | None = None,
         tta: bool = False,
+        compile: bool = False,
     ) -> None:
         """Prepare *model* for inference on *device*.
 
@@ -171,19 +191,23 @@ class WindowPredictor:
             model_size: Resample windows to this size before the model (and the
                 logits back), or ``None`` to run at scene resolution.
             tta: Average logits over flips.
+            compile: Compile the model; batches are then padded to
+                :attr:`batch_size` (once set) so that one graph serves every batch.
         """
         self.device = device
         self.cuda = device.type == "cuda"
-        self.model = model.eval().to(device)
-        if self.cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.eager = model.eval().to(device).to(memory_format=torch.channels_last)
+        self.model = torch.compile(self.eager, dynamic=False) if compile else self.eager
+        self.compiled = compile
         self.num_classes = num_classes
         self.model_size = model_size
         self.tta = tta
+        #: Batches are padded to this size when the model is compiled.
+        self.batch_size: int | None = None
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
-            logits = self.model(x)
+            logits = model(x)
         if logits.shape[1] != self.num_classes or logits.shape[2:] != x.shape[2:]:
             raise ConfigError(
                 f"the model returned logits of shape {tuple(logits.shape)} for input "
@@ -192,26 +216,36 @@ class WindowPredictor:
         return logits.float()
 
     @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Return float32 ``(B, K, h, w)`` logits for ``(B, C, h, w)`` inputs."""
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        size = x.shape[2:]
+    def __call__(self, batch: torch.Tensor | np.ndarray, eager: bool = False) -> torch.Tensor:
+        """Return float32 ``(B, K, h, w)`` logits on the device for ``(B, C, h, w)`` inputs.
+
+        Args:
+            batch: Normalised float32 inputs (on the device, or a NumPy array).
+            eager: Run the uncompiled model.
+        """
+        x = torch.as_tensor(batch).to(self.device, non_blocking=True)
+        count, size = x.shape[0], x.shape[2:]
+        model = self.eager if eager else self.model
+        if self.compiled and not eager and self.batch_size and count < self.batch_size:
+            x = torch.cat([x, x.new_zeros((self.batch_size - count, *x.shape[1:]))])
         if self.model_size is not None and tuple(size) != self.model_size:
             x = F.interpolate(x, size=self.model_size, mode="bilinear", antialias=True)
-        if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits = self._forward(x)
+        x = x.contiguous(memory_format=torch.channels_last)
+        logits = self._forward(model, x)
         if self.tta:
             for dims in ((3,), (2,), (2, 3)):
-                logits += self._forward(x.flip(dims)).flip(dims)
+                logits += self._forward(model, x.flip(dims)).flip(dims)
             logits /= 4
         if logits.shape[2:] != size:
             logits = F.interpolate(logits, size=tuple(size), mode="bilinear")
-        return logits.cpu().numpy()
+        return logits[:count]
 
 
 def auto_batch_size(predictor: WindowPredictor, channels: int, size: tuple[int, int]) -> int:
     """Choose a batch size: :data:`CPU_BATCH_SIZE` on CPU, from free memory on CUDA.
+
+    On CUDA the peak memory of a batch of two windows (uncompiled model) is
+    measured and the batch takes up to :data:`GPU_MEMORY_SHARE` of the free memory.
 
     Args:
         predictor: The model runner.
@@ -226,7 +260,7 @@ def auto_batch_size(predictor: WindowPredictor, channels: int, size: tuple[int, 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(predictor.device)
     before = torch.cuda.memory_allocated(predictor.device)
-    predictor(np.zeros((2, channels, *size), dtype=np.float32))
+    predictor(torch.zeros((2, channels, *size), device=predictor.device), eager=True)
     per_window = max((torch.cuda.max_memory_allocated(predictor.device) - before) / 2, 1)
     free, _ = torch.cuda.mem_get_info(predictor.device)
     return int(max(1, min(MAX_AUTO_BATCH_SIZE, free * GPU_MEMORY_SHARE // per_window)))
@@ -320,16 +354,48 @@ def _check_gsd(reader: SceneReader, spec: ModelSpec, match_gsd: bool) -> None:
 
 
 def _read_windows(
-    reader: SceneReader, grid: WindowGrid, out: queue.Queue, stop: threading.Event
+    strips: StripReader,
+    grid: WindowGrid,
+    pool: BatchPool,
+    out: queue.Queue,
+    stop: threading.Event,
+    consumer: _Worker | None = None,
+    prepare: Any = None,
 ) -> None:
-    for row in grid.rows:
-        for col in grid.cols:
-            if not _put(out, reader.read(row, col, *grid.window), stop):
-                return
-    _put(out, _END, stop)
+    """Batching thread: cut the windows of each strip into host batches, in raster order.
+
+    *prepare*, if given, is called with each filled batch before it is handed on
+    (on CPU: normalisation, which then overlaps the model's work on the previous batch).
+    """
+    width = grid.window[1]
+    with strips:
+        batch = pool.take(stop)
+        for strip in strips:
+            for col in grid.cols:
+                if batch is None:
+                    return
+                image, valid, height = strip.window(col, width)
+                if valid.any():
+                    batch.add(image, valid, height)
+                else:
+                    batch.skip()
+                if batch.full:
+                    if prepare is not None:
+                        prepare(batch)
+                    if not _put(out, batch, stop, consumer):
+                        return
+                    batch = pool.take(stop)
+        if batch is not None and batch.slots:
+            if prepare is not None:
+                prepare(batch)
+            _put(out, batch, stop, consumer)
+    _put(out, _END, stop, consumer)
 
 
-def _write_blocks(blender: StreamingBlender, inbox: queue.Queue, stop: threading.Event) -> None:
+def _write_blocks(
+    writer: PredictionWriter, inbox: queue.Queue, stop: threading.Event, times: StageTimes
+) -> None:
+    """Writer thread: wait for each finished block's copy to the host, then stage it."""
     while not stop.is_set():
         try:
             item = inbox.get(timeout=0.1)
@@ -337,20 +403,18 @@ def _write_blocks(blender: StreamingBlender, inbox: queue.Queue, stop: threading
             continue
         if item is _END:
             return
-        blender.push(*item)
+        row, col, bands, event = item
+        if event is not None:
+            event.synchronize()
+        start = time.perf_counter()
+        writer.write(row, col, {kind: band.numpy() for kind, band in bands.items()})
+        times.add("write", time.perf_counter() - start)
 
 
-def _batches(items: queue.Queue, reader_thread: _Worker, size: int) -> Iterator[list[tuple]]:
-    """Group windows into lists holding at most *size* non-skipped windows, in order."""
-    pending, ready = [], 0
-    while (item := _get(items, reader_thread)) is not _END:
-        pending.append(item)
-        ready += item[0] is not None
-        if ready == size:
-            yield pending
-            pending, ready = [], 0
-    if pending:
-        yield pending
+def _batches(items: queue.Queue, producer: _Worker) -> Iterator[HostBatch]:
+    """Yield the host batches of the batching thread until it signals the end."""
+    while (item := _get(items, producer)) is not _END:
+        yield item
 
 
 def _provenance(
@@ -423,6 +487,7 @@ def predict_scene(
             resolve_device(options.device),
             model_size=(window, window) if options.match_gsd else None,
             tta=options.tta,
+            compile=options.compile,
         )
         batch_size = options.batch_size or auto_batch_size(predictor, spec.in_channels, grid.window)
         src = reader.src
@@ -433,7 +498,9 @@ def predict_scene(
             _provenance(spec, grid, options, checkpoint, ground_size(src)),
         )
         try:
-            windows_run = _stream(reader, grid, predictor, writer, batch_size, options.progress)
+            windows_run, stages = _stream(
+                reader, grid, predictor, writer, batch_size, options.progress
+            )
             written = writer.publish(options.overwrite)
         finally:
             writer.close()
@@ -447,6 +514,8 @@ def predict_scene(
         windows=len(grid),
         windows_run=windows_run,
         seconds=time.perf_counter() - start,
+        publish_seconds=writer.publish_seconds,
+        stages=stages,
     )
 
 
@@ -465,38 +534,160 @@ def _stream(
     writer: PredictionWriter,
     batch_size: int,
     progress: bool,
-) -> int:
-    """Run reader, model and writer concurrently; return the number of windows run."""
-    blender = StreamingBlender(grid, predictor.num_classes, writer.write)
-    reader.lock = writer.lock = threading.Lock()
+) -> tuple[int, dict[str, float]]:
+    """Run readers, batching, model, blending and writing concurrently.
+
+    Returns:
+        The number of windows run and the seconds spent per stage.
+    """
+    device = predictor.device
+    times = stage_times(device)
+    predictor.batch_size = batch_size
+    kinds = frozenset(kind for kind, _ in writer.paths.items())
     stop = threading.Event()
-    inputs: queue.Queue = queue.Queue(maxsize=2 * batch_size)
-    results: queue.Queue = queue.Queue(maxsize=2 * batch_size)
-    reading = _Worker(lambda: _read_windows(reader, grid, inputs, stop), "reader")
-    writing = _Worker(lambda: _write_blocks(blender, results, stop), "writer")
+    ready: queue.Queue = queue.Queue(maxsize=2)
+    outbox: queue.Queue = queue.Queue(maxsize=4)
+    writing = _Worker(lambda: _write_blocks(writer, outbox, stop, times), "writer")
+
+    def sink(row: int, col: int, sums: torch.Tensor, weights: torch.Tensor) -> None:
+        with times.time("finalise"):
+            bands = finalise(sums, weights, kinds)
+        with times.time("to_host"):
+            host, event = to_host(bands)
+        _put(outbox, (row, col, host, event), stop, writing)
+
+    blender = StreamingBlender(grid, predictor.num_classes, sink, device)
+    read_lock = writer.begin()
+    lookahead = grid.window[0] if predictor.cuda else 0
+    strips = StripReader(reader, grid, lock=read_lock, timer=times.add, lookahead=lookahead)
+    pool = BatchPool(
+        size=batch_size,
+        channels=len(reader.indexes),
+        window=grid.window,
+        dtype=strips.dtype,
+        height=reader.dsm is not None,
+        pinned=predictor.cuda,
+    )
+    normalise = InputNormaliser(reader.mean, reader.inv_std, device)
+    copies = torch.cuda.Stream(device) if predictor.cuda else None
+    prepare = None if predictor.cuda else _cpu_prepare(normalise, times)
+    preparing = _Worker(
+        lambda: _read_windows(strips, grid, pool, ready, stop, prepare=prepare), "batcher"
+    )
+    blends: queue.Queue = queue.Queue(maxsize=2 if predictor.cuda else 1)
+    give = None if predictor.cuda else pool.give
+    blending = _Worker(lambda: _blend_batches(blender, blends, stop, times, give), "blender")
     bar = tqdm(total=len(grid), unit="win", disable=not progress, desc=reader.path.name)
     windows_run = 0
-    reading.start()
-    writing.start()
+    model_threads = torch.get_num_threads()
+    light_threads = model_threads if predictor.cuda else 1
+    workers = (preparing, blending, writing)
+    for worker in workers:
+        worker.start()
     try:
-        for batch in _batches(inputs, reading, batch_size):
-            ready = [image for image, _ in batch if image is not None]
-            logits = iter(predictor(np.stack(ready))) if ready else iter(())
-            for image, valid in batch:
-                item = (next(logits), valid) if image is not None else (None, None)
-                _put(results, item, stop, writing)
-            windows_run += len(ready)
-            bar.update(len(batch))
-        _put(results, _END, stop, writing)
-        writing.join()
-        if writing.error is not None:
-            _raise_stopped(writing)
+        torch.set_num_threads(light_threads)
+        for batch in _batches(ready, preparing):
+            x = batch.input
+            if x is None:
+                with times.time("to_device"):
+                    image, valid, height = batch.to(device, copies)
+                    x = normalise(image, valid, height) if batch.count else None
+            else:
+                valid = batch.to(device)[1]
+            item = (batch, batch.slots, batch.masked, None, valid)
+            if predictor.cuda:
+                pool.give(batch)
+            if batch.count:
+                with times.time("forward"), _threads(model_threads):
+                    item = (*item[:3], predictor(x), valid)
+            windows_run += batch.count
+            _put(blends, item, stop, blending)
+            bar.update(len(item[1]))
+        for worker, inbox in ((blending, blends), (writing, outbox)):
+            _put(inbox, _END, stop, worker)
+            worker.join()
+            if worker.error is not None:
+                _raise_stopped(worker)
         if not blender.done:
             raise RuntimeError("prediction stopped before every window was blended")
     finally:
+        torch.set_num_threads(model_threads)
         stop.set()
-        reading.join()
-        writing.join()
+        for worker in workers:
+            if worker.is_alive():
+                worker.join()
         blender.close()
         bar.close()
-    return windows_run
+    return windows_run, dict(times.seconds)
+
+
+def _cpu_prepare(normalise: InputNormaliser, times: StageTimes) -> Any:
+    """Return a batch preparer that normalises on CPU, in the batching thread, on one thread."""
+    started = threading.local()
+
+    def prepare(batch: HostBatch) -> None:
+        if not getattr(started, "done", False):
+            torch.set_num_threads(1)
+            started.done = True
+        if batch.count:
+            with times.time("to_device"):
+                image, valid, height = batch.to(torch.device("cpu"))
+                if batch.input_buffer is None:
+                    shape = (batch.size, normalise.channels, *image.shape[2:])
+                    batch.input_buffer = torch.empty(shape, memory_format=torch.channels_last)
+                batch.input = normalise(image, valid, height, out=batch.input_buffer)
+
+    return prepare
+
+
+def _blend_batches(
+    blender: StreamingBlender,
+    inbox: queue.Queue,
+    stop: threading.Event,
+    times: StageTimes,
+    give: Any,
+) -> None:
+    """Blending thread: push each batch's logits, in raster order, into the blender.
+
+    Its sink finalises rows on the device and hands them to the writer. On CPU it
+    runs on one intra-op thread, alongside the model on all of them, and returns
+    each host batch (whose masks it reads) to the pool with *give*.
+    """
+    if blender.device.type == "cpu":
+        torch.set_num_threads(1)
+    while not stop.is_set():
+        try:
+            item = inbox.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if item is _END:
+            return
+        batch, slots, masked, logits, valid = item
+        with times.time("blend"):
+            for slot in slots:
+                if slot < 0:
+                    blender.push(None)
+                else:
+                    blender.push(logits[slot], valid[slot] if masked[slot] else None)
+        if give is not None:
+            give(batch)
+
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """Run the block with *count* torch intra-op threads.
+
+    On CPU the model gets every thread, while the many small memory-bound
+    operations around it (normalising, blending, finalising) run on one: a
+    parallel region per small operation costs more than it gains, and far more
+    when other processes share the cores.
+    """
+    before = torch.get_num_threads()
+    if count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -26,7 +26,7 @@ from rasterio.windows import Window
 from ..errors import AlignmentError, ConfigError, InputError
 from ..geodesy import ground_pixel_size
 from ..metadata import ModelSpec
-from ..raster_io import open_raster, warp_to_grid
+from ..raster_io import open_raster, read_errors, warp_to_grid
 from .values import ValueOptions, normalisation
 
 #: Relative difference between scene and checkpoint GSD above which a warning is given.
@@ -251,18 +251,39 @@ class SceneReader:
             np.nan_to_num(image, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return _pad(image, pads), _pad(valid, pads)
 
-    def _read_raw(self, win: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Return the optical bands, the validity mask and the height band of a window."""
-        data = self.src.read(self.indexes, window=win)
-        valid = np.ones(data.shape[1:], dtype=bool)
-        if self.mask_mode == "masks":
-            valid &= self.src.read_masks(self.indexes, window=win).all(axis=0)
-        elif self.mask_mode == "nodata":
-            valid &= (data != self.src.nodata).all(axis=0)
-        if self.dsm is None:
+    def _read_raw(
+        self,
+        win: Window,
+        src: rasterio.io.DatasetReaderBase | None = None,
+        dsm: rasterio.io.DatasetReaderBase | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Return the optical bands, the validity mask and the height band of a window.
+
+        Args:
+            win: A window inside the scene.
+            src: Scene handle to read with (default this reader's; each reader
+                thread passes its own, GDAL handles must not be shared).
+            dsm: DSM handle to read with (default this reader's).
+
+        Raises:
+            InputError: If GDAL cannot read the scene or the DSM there (a broken
+                tile, a truncated file, ...), naming the file and the window.
+        """
+        src = self.src if src is None else src
+        dsm = self.dsm if dsm is None else dsm
+        with read_errors(self.path, win):
+            data = src.read(self.indexes, window=win)
+            valid = np.ones(data.shape[1:], dtype=bool)
+            if self.mask_mode == "masks":
+                valid &= src.read_masks(self.indexes, window=win).all(axis=0)
+            elif self.mask_mode == "nodata":
+                valid &= (data != src.nodata).all(axis=0)
+        if dsm is None:
             return data, valid, None
-        valid &= self.dsm.read_masks(1, window=win) > 0
-        return data, valid, self.dsm.read(1, window=win, out_dtype="float32")
+        with read_errors(Path(getattr(dsm, "src_dataset", dsm).name), win):
+            valid &= dsm.read_masks(1, window=win) > 0
+            height = dsm.read(1, window=win, out_dtype="float32")
+        return data, valid, height
 
     def close(self) -> None:
         """Close the scene and DSM."""

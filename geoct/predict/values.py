@@ -32,6 +32,7 @@ from rasterio.windows import Window
 
 from ..errors import ConfigError, InputError
 from ..metadata import ModelSpec
+from ..raster_io import read_errors
 
 #: Sample windows per scene axis, and their side in pixels.
 SAMPLE_GRID, SAMPLE_SIZE = 6, 64
@@ -93,12 +94,12 @@ def sample_windows(height: int, width: int) -> list[Window]:
     size_r, size_c = min(SAMPLE_SIZE, height), min(SAMPLE_SIZE, width)
     rows = np.linspace(0, height - size_r, SAMPLE_GRID).round().astype(int)
     cols = np.linspace(0, width - size_c, SAMPLE_GRID).round().astype(int)
-    return [Window(int(c), int(r), size_c, size_r) for r in np.unique(rows) for c in np.unique(cols)]
+    return [
+        Window(int(c), int(r), size_c, size_r) for r in np.unique(rows) for c in np.unique(cols)
+    ]
 
 
-def sample_bands(
-    src: rasterio.io.DatasetReaderBase, indexes: list[int]
-) -> list[BandSample] | None:
+def sample_bands(src: rasterio.io.DatasetReaderBase, indexes: list[int]) -> list[BandSample] | None:
     """Sample the valid pixels of some bands.
 
     Args:
@@ -110,7 +111,8 @@ def sample_bands(
     """
     chunks = []
     for window in sample_windows(src.height, src.width):
-        data = src.read(indexes, window=window, masked=True)
+        with read_errors(Path(src.name), window):
+            data = src.read(indexes, window=window, masked=True)
         valid = ~np.ma.getmaskarray(data).any(axis=0)
         chunks.append(data.data[:, valid].astype(np.float64))
     values = np.concatenate(chunks, axis=1)
@@ -168,8 +170,7 @@ def check_values(
         return
     names = spec.optical_bands
     ranges = ", ".join(
-        f"{names[i]} {samples[i].low:g}..{samples[i].high:g}"
-        f" (trained {_training_range(spec, i)})"
+        f"{names[i]} {samples[i].low:g}..{samples[i].high:g} (trained {_training_range(spec, i)})"
         for i in bad
     )
     trained = f" {spec.dtype}" if spec.dtype else ""

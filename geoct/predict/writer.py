@@ -1,8 +1,12 @@
 """Writing blended predictions as Cloud Optimized GeoTIFFs.
 
-Final blocks are written with windowed writes to uncompressed tiled GeoTIFFs
-staged in the output folder, then copied to COGs (DEFLATE, 512 px tiles,
-overviews, BigTIFF if needed) under a temporary name and renamed.
+Finished uint8 blocks (finalised on the model's device, see
+:mod:`~geoct.predict.device_blend`) are written while prediction runs into
+uncompressed tiled GeoTIFFs staged in the output folder, as whole tiles without
+GDAL (:mod:`~geoct.predict.staging`). Publishing builds the overviews in the
+staged file with GDAL's overview code, then copies it with those overviews to a
+COG (DEFLATE, 512 px tiles, BigTIFF if needed), both multi-threaded, under a
+temporary name that is renamed.
 
 Outputs, all uint8 on the scene's exact grid (CRS, transform, shape):
 
@@ -22,8 +26,10 @@ Outputs, all uint8 on the scene's exact grid (CRS, transform, shape):
 import contextlib
 import json
 import math
+import time
 import uuid
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +40,11 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.windows import Window
+from rasterio.enums import Resampling
 
 from ..classes import ClassTable
 from ..raster_io import atomic_output
+from .staging import GdalStager, SharedLock, TileStager
 
 #: Nodata value of the class raster.
 CLASS_NODATA = 255
@@ -151,24 +158,21 @@ def category_names_xml(classes: ClassTable) -> str:
     )
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over axis 0 of float32 logits."""
-    e = np.exp(logits - logits.max(axis=0, keepdims=True))
-    e /= e.sum(axis=0, keepdims=True)
-    return e
-
-
-def to_uint8(p: np.ndarray) -> np.ndarray:
-    """Scale values in ``[0, 1]`` to rounded uint8."""
-    return np.rint(p * 255.0).astype(np.uint8)
-
-
 class PredictionWriter:
-    """Receives final blocks of blended logits and publishes the output COGs."""
+    """Receives finished uint8 blocks and publishes the output COGs."""
 
-    #: Held during every GDAL write; share it with the reader of the scene (GDAL's
-    #: block cache may flush one thread's dirty blocks from another thread).
-    lock: AbstractContextManager = nullcontext()
+    #: Overview resampling of each output.
+    OVERVIEW_RESAMPLING = {
+        "classes": Resampling.mode,
+        "confidence": Resampling.average,
+        "probabilities": Resampling.average,
+    }
+
+    #: Writers of the staging files, by output kind (see :meth:`begin`).
+    tiles: dict[str, TileStager | GdalStager] | None = None
+
+    #: Seconds spent publishing (overviews and COG copies).
+    publish_seconds: float = 0.0
 
     def __init__(
         self, paths: OutputPaths, grid: Grid, classes: ClassTable, tags: dict[str, Any]
@@ -239,36 +243,43 @@ class PredictionWriter:
         cmap[CLASS_NODATA] = (0, 0, 0, 0)
         return cmap
 
-    def write(self, row: int, col: int, sums: np.ndarray, weights: np.ndarray) -> None:
-        """Finalise and write one block (see :data:`~geoct.predict.accumulator.BlockSink`).
+    def begin(self) -> Callable[[], AbstractContextManager] | None:
+        """Close the GDAL staging datasets (writing their metadata) and prepare tile writes.
+
+        Call before the scene is read in other threads.
+
+        Returns:
+            ``None`` when every staging file takes direct tile writes, else the
+            shared side of the lock that each GDAL read must hold while the
+            writer uses GDAL (see :mod:`~geoct.predict.staging`).
+        """
+        for _, dst in self.stages.values():
+            dst.close()
+        lock = SharedLock()
+        self.tiles = {
+            kind: TileStager.open(stage) or GdalStager(stage, lock)
+            for kind, (stage, _) in self.stages.items()
+        }
+        gdal = any(isinstance(t, GdalStager) for t in self.tiles.values())
+        return lock.shared if gdal else None
+
+    def write(self, row: int, col: int, bands: dict[str, np.ndarray]) -> None:
+        """Write one finished block of every output into the staging files.
 
         Args:
             row: Top row of the block in the scene.
             col: Left column of the block in the scene.
-            sums: ``(K, h, w)`` weighted logit sums.
-            weights: ``(h, w)`` weight sums; zero marks nodata.
+            bands: Output kind to its uint8 ``(h, w)`` or ``(bands, h, w)`` block
+                (see :func:`~geoct.predict.device_blend.finalise`).
         """
-        valid = weights > 0
-        classes = sums.argmax(axis=0).astype(np.uint8)
-        classes[~valid] = CLASS_NODATA
-        bands = {"classes": classes}
-        if len(self.stages) > 1:
-            probs = softmax(sums / np.where(valid, weights, 1.0))
-            if "confidence" in self.stages:
-                bands["confidence"] = to_uint8(probs.max(axis=0))
-                bands["confidence"][~valid] = CONFIDENCE_NODATA
-            if "probabilities" in self.stages:
-                bands["probabilities"] = np.minimum(to_uint8(probs), PROBABILITY_NODATA - 1)
-                bands["probabilities"][:, ~valid] = PROBABILITY_NODATA
-        window = Window(col, row, sums.shape[2], sums.shape[1])
-        with self.lock:
-            for kind, (_, dst) in self.stages.items():
-                dst.write(
-                    bands[kind][None] if bands[kind].ndim == 2 else bands[kind], window=window
-                )
+        if self.tiles is None:
+            self.begin()
+        for kind, stager in self.tiles.items():
+            data = bands[kind]
+            stager.write(row, col, data[None] if data.ndim == 2 else data)
 
     def publish(self, overwrite: bool) -> dict[str, Path]:
-        """Close the staging files and copy each to its output path as a COG.
+        """Build overviews in the staging files and copy each to its output path as a COG.
 
         Args:
             overwrite: Whether existing outputs may be replaced.
@@ -276,32 +287,44 @@ class PredictionWriter:
         Returns:
             Output kind to written file, including the ``classes_aux`` sidecar.
         """
-        for _, dst in self.stages.values():
-            dst.close()
+        start = time.perf_counter()
+        if self.tiles is None:
+            self.begin()
+        for stager in self.tiles.values():
+            stager.close()
+        if not all(stager.complete for stager in self.tiles.values()):
+            raise RuntimeError("prediction stopped before every output tile was written")
         written = {}
-        levels = str(overview_count(self.grid.width, self.grid.height))
-        resampling = {"classes": "MODE", "confidence": "AVERAGE", "probabilities": "AVERAGE"}
-        for kind, (stage, _) in self.stages.items():
-            path = getattr(self.paths, kind)
-            with atomic_output(path, overwrite) as tmp:
-                rasterio.shutil.copy(
-                    stage,
-                    tmp,
-                    driver="COG",
-                    OVERVIEW_RESAMPLING=resampling[kind],
-                    OVERVIEW_COUNT=levels,
-                    **COG_OPTIONS,
-                )
+        levels = overview_count(self.grid.width, self.grid.height)
+        factors = [2**i for i in range(1, levels + 1)]
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+            for kind, (stage, _) in self.stages.items():
+                if factors:
+                    with rasterio.open(stage, "r+") as dst:
+                        dst.build_overviews(factors, self.OVERVIEW_RESAMPLING[kind])
+                path = getattr(self.paths, kind)
+                with atomic_output(path, overwrite) as tmp:
+                    rasterio.shutil.copy(
+                        stage,
+                        tmp,
+                        driver="COG",
+                        OVERVIEWS="FORCE_USE_EXISTING" if factors else "NONE",
+                        NUM_THREADS="ALL_CPUS",
+                        **COG_OPTIONS,
+                    )
+                    if kind == "classes":
+                        aux = Path(f"{tmp}.aux.xml")
+                        aux.write_text(category_names_xml(self.classes))
+                written[kind] = path
                 if kind == "classes":
-                    aux = Path(f"{tmp}.aux.xml")
-                    aux.write_text(category_names_xml(self.classes))
-            written[kind] = path
-            if kind == "classes":
-                written["classes_aux"] = Path(f"{path}.aux.xml")
+                    written["classes_aux"] = Path(f"{path}.aux.xml")
+        self.publish_seconds = time.perf_counter() - start
         return written
 
     def close(self) -> None:
         """Close and delete the staging files."""
+        for stager in (self.tiles or {}).values():
+            stager.close()
         for stage, dst in self.stages.values():
             with contextlib.suppress(Exception):
                 dst.close()

@@ -1,0 +1,201 @@
+"""Device-side halves of prediction: input normalisation and finalising blended rows.
+
+The scene's raw values (uint8, or the scene's dtype) travel to the model's device,
+where :class:`InputNormaliser` turns them into the model's float32 input; the
+blended sums of final rows are turned into uint8 classes, confidence and
+probabilities there by :func:`finalise`, and only those uint8 rows travel back.
+The same torch code runs on CPU and CUDA.
+
+The arithmetic is exactly that of the NumPy pipeline it replaces (float32
+``(x - mean) * inv_std``; nodata set to zero; argmax taking the first maximum;
+softmax as ``exp(x - max) / sum`` with the sum taken class by class in order;
+``rint(255 p)``), so on CPU the outputs are bit for bit the same. On CPU the
+exponential is NumPy's, whose last bit differs from torch's for about 40% of
+values; on CUDA it is torch's.
+"""
+
+import numpy as np
+import torch
+
+from .writer import CLASS_NODATA, CONFIDENCE_NODATA, PROBABILITY_NODATA
+
+#: Pixels per run when normalising pixel-interleaved input (see :class:`InputNormaliser`).
+INTERLEAVED_PIXELS = 16
+
+#: Output kinds that need the softmax.
+SOFT_KINDS = frozenset({"confidence", "probabilities"})
+
+
+def exp_(x: torch.Tensor) -> torch.Tensor:
+    """Exponentiate a contiguous float32 tensor in place (NumPy's ``exp`` on CPU)."""
+    if x.device.type == "cpu":
+        array = x.numpy()
+        np.exp(array, out=array)
+    else:
+        x.exp_()
+    return x
+
+
+def class_max(x: torch.Tensor) -> torch.Tensor:
+    """Maximum over axis 0, class by class (exact, fast on CPU for few classes)."""
+    best = x[0].clone()
+    for k in range(1, x.shape[0]):
+        torch.maximum(best, x[k], out=best)
+    return best
+
+
+def class_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over axis 0 in class order (the order of NumPy's axis-0 reduction)."""
+    total = x[0].clone()
+    for k in range(1, x.shape[0]):
+        total += x[k]
+    return total
+
+
+def argmax(x: torch.Tensor) -> torch.Tensor:
+    """Return the uint8 index of the first maximum over axis 0 (at most 255 classes)."""
+    best = x[0].clone()
+    index = torch.zeros(best.shape, dtype=torch.uint8, device=x.device)
+    better = torch.empty(best.shape, dtype=torch.bool, device=x.device)
+    for k in range(1, x.shape[0]):
+        torch.gt(x[k], best, out=better)
+        torch.where(better, torch.tensor(k, dtype=torch.uint8), index, out=index)
+        torch.maximum(best, x[k], out=best)
+    return index
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over axis 0 of float32 logits, as a new tensor."""
+    e = exp_(logits - class_max(logits))
+    e /= class_sum(e)
+    return e
+
+
+def to_uint8(p: torch.Tensor) -> torch.Tensor:
+    """Scale values in ``[0, 1]`` to rounded (half to even) uint8."""
+    return torch.round(p * 255.0).to(torch.uint8)
+
+
+def finalise(
+    sums: torch.Tensor, weights: torch.Tensor, kinds: frozenset[str] | set[str]
+) -> dict[str, torch.Tensor]:
+    """Turn blended sums of final pixels into the uint8 output bands, on their device.
+
+    Args:
+        sums: ``(K, h, w)`` weighted logit sums.
+        weights: ``(h, w)`` weight sums; zero marks nodata.
+        kinds: Outputs wanted besides ``classes``: ``confidence``, ``probabilities``.
+
+    Returns:
+        ``classes`` ``(h, w)`` (nodata :data:`CLASS_NODATA`) and, if asked,
+        ``confidence`` ``(h, w)`` (``rint(255 max p)``, nodata
+        :data:`CONFIDENCE_NODATA`) and ``probabilities`` ``(K, h, w)``
+        (``min(rint(255 p), 254)``, nodata :data:`PROBABILITY_NODATA`).
+    """
+    invalid = weights <= 0
+    bands = {"classes": argmax(sums).masked_fill_(invalid, CLASS_NODATA)}
+    if not SOFT_KINDS & set(kinds):
+        return bands
+    probs = softmax(sums / torch.where(invalid, 1.0, weights))
+    if "confidence" in kinds:
+        confidence = to_uint8(class_max(probs))
+        bands["confidence"] = confidence.masked_fill_(invalid, CONFIDENCE_NODATA)
+    if "probabilities" in kinds:
+        probabilities = to_uint8(probs).clamp_(max=PROBABILITY_NODATA - 1)
+        bands["probabilities"] = probabilities.masked_fill_(invalid, PROBABILITY_NODATA)
+    return bands
+
+
+class InputNormaliser:
+    """Turns raw window batches into the model's normalised float32 input on the device.
+
+    The model sees ``(x - mean) * inv_std`` per band in float32 (the height band
+    last), zero at nodata pixels and wherever a value is not finite, in
+    channels-last layout.
+    """
+
+    def __init__(self, mean: np.ndarray, inv_std: np.ndarray, device: torch.device) -> None:
+        """Prepare the per-band constants.
+
+        Args:
+            mean: ``(C, 1, 1)`` float32 band means, the height band last if any.
+            inv_std: ``(C, 1, 1)`` float32 reciprocal standard deviations.
+            device: The model's device.
+        """
+        self.mean = torch.from_numpy(np.ascontiguousarray(mean, np.float32))[None].to(device)
+        self.inv_std = torch.from_numpy(np.ascontiguousarray(inv_std, np.float32))[None].to(device)
+        self.channels = self.mean.shape[1]
+        self._input: torch.Tensor | None = None
+        #: The constants repeated over :data:`INTERLEAVED_PIXELS` pixels of pixel-interleaved data.
+        self._mean_run = self.mean.flatten().repeat(INTERLEAVED_PIXELS)
+        self._inv_std_run = self.inv_std.flatten().repeat(INTERLEAVED_PIXELS)
+
+    def __call__(
+        self,
+        image: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        height: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the normalised ``(B, C, h, w)`` input.
+
+        Args:
+            image: ``(B, C_optical, h, w)`` raw optical bands on the device, any dtype.
+            valid: ``(B, h, w)`` boolean validity, or ``None`` when all pixels are valid.
+            height: ``(B, h, w)`` float32 height band, or ``None``.
+            out: Channels-last float32 tensor whose memory to use (at least ``B``
+                windows of this size), else the normaliser's own.
+
+        Returns:
+            float32 channels-last tensor on the device; unless *out* is given, its
+            memory is reused by the next call (queued after the previous batch's
+            work on the same stream).
+        """
+        b, c, h, w = image.shape
+        if out is not None and out.shape[0] >= b and out.shape[1:] == (self.channels, h, w):
+            x = out[:b]
+        else:
+            x = self._buffer(b, h, w, image.device, shared=out is None)
+        if self._interleaved(image, height):
+            run = self._mean_run.numel()
+            pixels = image.permute(0, 2, 3, 1).view(-1, run)
+            out = x.permute(0, 2, 3, 1).view(-1, run)
+            torch.sub(pixels, self._mean_run, out=out)
+            out *= self._inv_std_run
+        else:
+            torch.sub(image, self.mean[:, :c], out=x[:, :c])
+            if height is not None:
+                torch.sub(height[:, None], self.mean[:, c:], out=x[:, c:])
+            x *= self.inv_std
+        if valid is not None:
+            x.masked_fill_(~valid[:, None], 0.0)
+        if height is not None or image.dtype.is_floating_point:
+            torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0)
+        return x
+
+    def _interleaved(self, image: torch.Tensor, height: torch.Tensor | None) -> bool:
+        """Whether *image* can be normalised as flat runs of whole pixels.
+
+        A per-band constant broadcast along the innermost (band) axis of
+        pixel-interleaved data is several times slower than a flat operation; so
+        the bands are viewed as rows of :data:`INTERLEAVED_PIXELS` whole pixels and
+        the constants repeated to match.
+        """
+        return (
+            height is None
+            and image.is_contiguous(memory_format=torch.channels_last)
+            and (image.shape[2] * image.shape[3]) % INTERLEAVED_PIXELS == 0
+        )
+
+    def _buffer(self, b: int, h: int, w: int, device: torch.device, shared: bool) -> torch.Tensor:
+        """A ``(b, C, h, w)`` channels-last float32 tensor, reusing the last one's if *shared*."""
+        shape = (b, self.channels, h, w)
+        fits = self._input is not None and self._input.shape[0] >= b
+        if shared and fits and self._input.shape[2:] == (h, w):
+            return self._input[:b]
+        x = torch.empty(
+            shape, dtype=torch.float32, device=device, memory_format=torch.channels_last
+        )
+        if shared:
+            self._input = x
+        return x

@@ -1,0 +1,178 @@
+"""Writing finished uint8 blocks into the staging GeoTIFFs without GDAL on the hot path.
+
+GDAL's block cache is shared by every dataset of the process: when it is full, a
+thread reading the scene evicts, and writes, blocks that another thread left dirty
+in a staging file, while that thread may be writing the same file; writes are lost
+(seen with GDAL 3.12: several reader threads, three staging files). So while the
+reader threads run, no GDAL dataset may hold dirty blocks.
+
+The staging files are created by GDAL (uncompressed, tiled, metadata written) and
+closed before prediction starts: GDAL then places every tile at a fixed offset.
+:class:`TileStager` assembles finished rows into whole tiles and writes each tile
+once with ``os.pwrite`` at its offset, so the readers use GDAL alone, with no lock.
+A staging file of another layout (compressed, sparse, ...) is written by
+:class:`GdalStager` through GDAL instead, each write under the exclusive side of a
+:class:`SharedLock` whose shared side every read holds, and re-opening the file so
+that its blocks are flushed before reads resume.
+"""
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+
+class SharedLock:
+    """A lock with a shared side (GDAL reads) and an exclusive side (GDAL writes).
+
+    Writers are preferred: once one waits, new readers wait too.
+    """
+
+    def __init__(self) -> None:
+        """Create an unlocked lock."""
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        """Hold the shared side (any number of holders, no exclusive holder)."""
+        with self._cond:
+            while self._writing or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the exclusive side (no other holder of either side)."""
+        with self._cond:
+            self._waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+class TileStager:
+    """Writes whole uint8 tiles straight into an uncompressed tiled GeoTIFF made by GDAL."""
+
+    def __init__(self, path: Path, offsets: np.ndarray, shape: tuple[int, int, int], tile: int):
+        """Use :meth:`open`."""
+        self.path = path
+        self.offsets = offsets
+        self.count, self.height, self.width = shape
+        self.tile = tile
+        self.fd = os.open(path, os.O_RDWR)
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._written = 0
+
+    @classmethod
+    def open(cls, path: Path) -> "TileStager | None":
+        """Return a stager for *path*, or ``None`` if its layout does not allow direct writes.
+
+        Direct writes need uint8, square tiles, no compression, pixel interleaving
+        (or one band) and every tile allocated with its full size.
+        """
+        with rasterio.open(path) as src:
+            tile = src.block_shapes[0][0]
+            simple = (
+                src.compression is None
+                and set(src.block_shapes) == {(tile, tile)}
+                and set(src.dtypes) == {"uint8"}
+                and (src.count == 1 or src.interleaving.name.lower() == "pixel")
+            )
+            if not simple:
+                return None
+            rows, cols = -(-src.height // tile), -(-src.width // tile)
+            offsets = np.zeros((rows, cols), dtype=np.int64)
+            size = str(tile * tile * src.count)
+            for r in range(rows):
+                for c in range(cols):
+                    if src.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx=1) != size:
+                        return None
+                    offsets[r, c] = int(src.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx=1))
+            shape = (src.count, src.height, src.width)
+        if not offsets.all():
+            return None
+        return cls(path, offsets, shape, tile)
+
+    def _tile_row(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        if r not in self._rows:
+            cols = self.offsets.shape[1]
+            tiles = np.zeros((cols, self.tile, self.tile, self.count), dtype=np.uint8)
+            self._rows[r] = tiles, np.zeros(cols, dtype=np.int64)
+        return self._rows[r]
+
+    def _area(self, r: int, c: int) -> int:
+        t = self.tile
+        return min(t, self.height - r * t) * min(t, self.width - c * t)
+
+    def write(self, row: int, col: int, data: np.ndarray) -> None:
+        """Place ``(count, h, w)`` uint8 *data* at *row*, *col*; write the tiles it completes.
+
+        Every pixel must be written exactly once.
+        """
+        t = self.tile
+        _, h, w = data.shape
+        for r in range(row // t, (row + h - 1) // t + 1):
+            r0, r1 = max(row, r * t), min(row + h, (r + 1) * t)
+            tiles, filled = self._tile_row(r)
+            for c in range(col // t, (col + w - 1) // t + 1):
+                c0, c1 = max(col, c * t), min(col + w, (c + 1) * t)
+                part = data[:, r0 - row : r1 - row, c0 - col : c1 - col]
+                tiles[c, r0 - r * t : r1 - r * t, c0 - c * t : c1 - c * t] = part.transpose(1, 2, 0)
+                filled[c] += (r1 - r0) * (c1 - c0)
+                if filled[c] == self._area(r, c):
+                    os.pwrite(self.fd, tiles[c], int(self.offsets[r, c]))
+                    self._written += 1
+            if (filled == [self._area(r, c) for c in range(len(filled))]).all():
+                del self._rows[r]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every tile has been written."""
+        return self._written == self.offsets.size
+
+    def close(self) -> None:
+        """Close the file."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self._rows = {}
+
+
+class GdalStager:
+    """Writes blocks through GDAL, each write exclusive of all reads and flushed."""
+
+    def __init__(self, path: Path, lock: SharedLock) -> None:
+        """Write *path* under the exclusive side of *lock*."""
+        self.path = path
+        self.lock = lock
+        self.complete = True
+
+    def write(self, row: int, col: int, data: np.ndarray) -> None:
+        """Write ``(count, h, w)`` uint8 *data* at *row*, *col*."""
+        window = Window(col, row, data.shape[2], data.shape[1])
+        with self.lock.exclusive(), rasterio.open(self.path, "r+") as dst:
+            dst.write(data, window=window)
+
+    def close(self) -> None:
+        """Nothing to release."""

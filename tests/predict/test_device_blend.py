@@ -1,0 +1,195 @@
+"""Device-side blending and finalising equal the NumPy pipeline they replaced, bit for bit."""
+
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from geoct.predict.accumulator import StreamingBlender
+from geoct.predict.device_blend import InputNormaliser, finalise
+from geoct.predict.engine import PredictOptions, predict_scene, scene_grid
+from geoct.predict.reader import SceneReader
+from geoct.predict.windows import WindowGrid, hann_2d
+from geoct.predict.writer import CLASS_NODATA, CONFIDENCE_NODATA, PROBABILITY_NODATA
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*checkpoint's GSD:UserWarning")
+
+KINDS = frozenset({"classes", "confidence", "probabilities"})
+
+
+def numpy_finalise(sums: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The NumPy finalisation of the previous writer (``PredictionWriter.write``)."""
+    valid = weights > 0
+    classes = sums.argmax(axis=0).astype(np.uint8)
+    classes[~valid] = CLASS_NODATA
+    x = sums / np.where(valid, weights, 1.0)
+    e = np.exp(x - x.max(axis=0, keepdims=True))
+    e /= e.sum(axis=0, keepdims=True)
+    confidence = np.rint(e.max(axis=0) * 255.0).astype(np.uint8)
+    confidence[~valid] = CONFIDENCE_NODATA
+    probabilities = np.minimum(np.rint(e * 255.0).astype(np.uint8), PROBABILITY_NODATA - 1)
+    probabilities[:, ~valid] = PROBABILITY_NODATA
+    return {"classes": classes, "confidence": confidence, "probabilities": probabilities}
+
+
+def numpy_predict(model: torch.nn.Module, spec, scene: Path, options: PredictOptions) -> dict:
+    """The previous pipeline: per-window reads, NCHW float32 batches, a float32 NumPy blend.
+
+    A whole-scene float32 accumulation in raster order adds every pixel's windows in
+    the same order as the previous streaming blender (its carry was stored exactly).
+    """
+    with SceneReader(scene, spec) as reader:
+        grid = scene_grid(reader, spec, options)
+        wh, ww = grid.window
+        pad = max(wh, ww)
+        k = spec.classes.num_classes
+        sums = np.zeros((k, grid.height + 2 * pad, grid.width + 2 * pad), np.float32)
+        weights = np.zeros(sums.shape[1:], np.float32)
+        hann = hann_2d(wh, ww)
+        windows = [(r, c, *reader.read(r, c, wh, ww)) for r in grid.rows for c in grid.cols]
+    ready = [w for w in windows if w[2] is not None]
+    for start in range(0, len(ready), options.batch_size):
+        chunk = ready[start : start + options.batch_size]
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(np.stack([w[2] for w in chunk]))).float().numpy()
+        for (r, c, _, valid), lg in zip(chunk, logits, strict=True):
+            weight = hann * valid
+            rows, cols = slice(r + pad, r + pad + wh), slice(c + pad, c + pad + ww)
+            product = np.multiply(lg, weight)
+            sums[:, rows, cols] += product
+            weights[rows, cols] += weight
+    crop = (slice(pad, pad + grid.height), slice(pad, pad + grid.width))
+    return numpy_finalise(np.ascontiguousarray(sums[(slice(None), *crop)]), weights[crop].copy())
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+@pytest.mark.parametrize(
+    "shape, window, overlap",
+    [((217, 300), 64, 16), ((217, 300), 37, 5), ((217, 300), 48, 40), ((30, 45), 64, 16)],
+)
+def test_pipeline_equals_numpy_pipeline_bit_for_bit(
+    data: ModuleType, tmp_path: Path, shape, window, overlap
+) -> None:
+    data.write_scene(tmp_path / "scene.tif", *shape)
+    options = PredictOptions(
+        window=window,
+        overlap=overlap,
+        batch_size=3,
+        progress=False,
+        confidence=True,
+        probabilities=True,
+        device="cpu",
+    )
+    model = data.ColourModel()
+    result = predict_scene(model, data.SPEC, tmp_path / "scene.tif", options=options)
+    expected = numpy_predict(model, data.SPEC, tmp_path / "scene.tif", options)
+    np.testing.assert_array_equal(read(result.outputs["classes"])[0], expected["classes"])
+    np.testing.assert_array_equal(read(result.outputs["confidence"])[0], expected["confidence"])
+    np.testing.assert_array_equal(read(result.outputs["probabilities"]), expected["probabilities"])
+
+
+def test_nodata_scene_equals_numpy_pipeline(data: ModuleType, tmp_path: Path) -> None:
+    classes = data.class_map(120, 150)
+    image = data.COLOURS[classes].transpose(2, 0, 1).copy()
+    image[:, :50, :] = 0
+    image[:, 90:, 100:] = 0
+    image[:, 70, 70] = 0
+    data.write_raster(tmp_path / "scene.tif", image, nodata=0)
+    options = PredictOptions(
+        window=32, overlap=8, batch_size=4, progress=False, confidence=True, probabilities=True
+    )
+    # Scale the logits so that the softmax is not saturated and rounding is exercised.
+    model = torch.nn.Sequential(data.ColourModel(), _Scale(0.05))
+    result = predict_scene(model, data.SPEC, tmp_path / "scene.tif", options=options)
+    expected = numpy_predict(model, data.SPEC, tmp_path / "scene.tif", options)
+    assert result.windows_run < result.windows
+    for kind in ("classes", "confidence"):
+        np.testing.assert_array_equal(read(result.outputs[kind])[0], expected[kind])
+    np.testing.assert_array_equal(read(result.outputs["probabilities"]), expected["probabilities"])
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def test_finalise_equals_numpy_with_ties_and_nodata() -> None:
+    rng = np.random.default_rng(0)
+    sums = rng.standard_normal((6, 300, 400)).astype(np.float32) * 3
+    sums[:, :5] = np.round(sums[:, :5])  # ties: the first maximum wins
+    sums[2:4, 10:20] = sums[1, 10:20]
+    weights = rng.random((300, 400)).astype(np.float32) + 0.01
+    weights[30:40, :7] = 0
+    got = finalise(torch.from_numpy(sums), torch.from_numpy(weights), KINDS)
+    expected = numpy_finalise(sums, weights)
+    for kind in KINDS:
+        np.testing.assert_array_equal(got[kind].numpy(), expected[kind])
+
+
+def test_column_tiled_blend_and_carry_file_are_exact() -> None:
+    grid = WindowGrid(150, 230, (40, 48), (12, 16))
+    rng = np.random.default_rng(1)
+    logits = [rng.standard_normal((4, 40, 48), dtype=np.float32) for _ in range(len(grid))]
+    valid = [rng.random((40, 48)) > 0.2 for _ in range(len(grid))]
+
+    def blend(**budgets) -> tuple[np.ndarray, np.ndarray]:
+        sums = np.full((4, 150, 230), np.nan, np.float32)
+        weights = np.full((150, 230), np.nan, np.float32)
+
+        def sink(row: int, col: int, s: torch.Tensor, w: torch.Tensor) -> None:
+            assert np.isnan(weights[row : row + w.shape[0], col : col + w.shape[1]]).all()
+            sums[:, row : row + w.shape[0], col : col + w.shape[1]] = s.numpy()
+            weights[row : row + w.shape[0], col : col + w.shape[1]] = w.numpy()
+
+        blender = StreamingBlender(grid, 4, sink, **budgets)
+        for lg, v in zip(logits, valid, strict=True):
+            blender.push(lg, v)
+        assert blender.done
+        blender.close()
+        return sums, weights
+
+    whole = blend()
+    tiled = blend(buffer_bytes=5 * 40 * 100 * 4, carry_bytes=0)
+    assert not np.isnan(whole[1]).any()
+    np.testing.assert_array_equal(whole[0], tiled[0])
+    np.testing.assert_array_equal(whole[1], tiled[1])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+@pytest.mark.parametrize("with_height", [False, True])
+def test_normaliser_equals_numpy(dtype: str, with_height: bool) -> None:
+    rng = np.random.default_rng(2)
+    raw = (rng.random((3, 4, 16, 20)) * 1000).astype(dtype)
+    if dtype == "float32":
+        raw[0, 1, 2, 3] = np.nan
+    height = rng.standard_normal((3, 16, 20)).astype(np.float32) if with_height else None
+    valid = rng.random((3, 16, 20)) > 0.1
+    channels = 5 if with_height else 4
+    mean = rng.random((channels, 1, 1)).astype(np.float32) * 100
+    inv_std = (1 / (rng.random((channels, 1, 1)) + 0.5)).astype(np.float32)
+    expected = np.empty((3, channels, 16, 20), np.float32)
+    expected[:, :4] = raw
+    if with_height:
+        expected[:, 4] = height
+    expected -= mean
+    expected *= inv_std
+    expected[~np.broadcast_to(valid[:, None], expected.shape)] = 0
+    expected = np.nan_to_num(expected, nan=0.0, posinf=0.0, neginf=0.0)
+    normalise = InputNormaliser(mean, inv_std, torch.device("cpu"))
+    interleaved = torch.from_numpy(raw.transpose(0, 2, 3, 1).copy()).permute(0, 3, 1, 2)
+    for image in (torch.from_numpy(raw), interleaved):
+        got = normalise(
+            image, torch.from_numpy(valid), None if height is None else torch.from_numpy(height)
+        )
+        np.testing.assert_array_equal(got.numpy(), expected)
