@@ -189,7 +189,9 @@ def warp_to_grid(
     )
 
 
-def _journal(first: Path) -> Path:
+def publishing_journal(first: str | Path) -> Path:
+    """Return the journal of an unfinished :func:`output_set` whose first path is *first*."""
+    first = Path(first)
     return first.with_name(f".{first.name}.geoct-publishing.json")
 
 
@@ -228,7 +230,7 @@ def output_set(paths: Sequence[str | Path], overwrite: bool = False) -> Iterator
         OutputExistsError: If a file exists and *overwrite* is false.
     """
     paths = [Path(p) for p in paths]
-    journal = _journal(paths[0])
+    journal = publishing_journal(paths[0])
     if journal.exists():
         _restore(journal)
     for path in paths:

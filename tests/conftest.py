@@ -23,6 +23,12 @@ def potsdam_data() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def mosaic_data() -> ModuleType:
+    """The mosaic fixture generator, tests/data/mosaic/data.py."""
+    return load_fixture_data("mosaic")
+
+
+@pytest.fixture(scope="session")
 def predict_data() -> ModuleType:
     """The prediction fixture generator, tests/data/predict/data.py."""
     return load_fixture_data("predict")

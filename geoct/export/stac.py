@@ -334,3 +334,46 @@ def write_stac_item(
         text = json.dumps(item.to_dict(include_self_link=False), indent=2, default=str)
         tmp.write_text(text + "\n", encoding="utf-8")
     return output
+
+
+def write_stac_collection(
+    path: str | Path, item_paths: list[Path], description: str, overwrite: bool = False
+) -> Path:
+    """Write a STAC Collection whose items are the given Item files (e.g. mosaic tiles).
+
+    The items are rewritten in place with links to the collection; the collection's
+    extent is the union of their bounding boxes and times.
+
+    Args:
+        path: ``collection.json`` to write.
+        item_paths: STAC Item files.
+        description: Collection description.
+        overwrite: Whether an existing collection may be replaced.
+
+    Returns:
+        *path*.
+    """
+    path = Path(path)
+    items = [pystac.Item.from_file(str(p)) for p in item_paths]
+    if not items:
+        raise InputError(path, "no STAC items to collect")
+    boxes = [item.bbox for item in items]
+    bbox = [min(b[0] for b in boxes), min(b[1] for b in boxes)]
+    bbox += [max(b[2] for b in boxes), max(b[3] for b in boxes)]
+    times = [item.datetime for item in items if item.datetime is not None]
+    extent = pystac.Extent(
+        pystac.SpatialExtent([bbox]), pystac.TemporalExtent([[min(times), max(times)]])
+    )
+    collection = pystac.Collection(
+        id=stac_name(path.parent.resolve().name or "mosaic"), description=description, extent=extent
+    )
+    for item, item_path in zip(items, item_paths, strict=True):
+        collection.add_item(item)
+        item.set_self_href(str(Path(item_path).resolve()))
+    with atomic_output(path, overwrite) as tmp:
+        collection.set_self_href(str(tmp.resolve()))
+        collection.save_object(include_self_link=False, dest_href=str(tmp))
+    collection.set_self_href(str(path.resolve()))
+    for item in items:
+        item.save_object(include_self_link=False)
+    return path

@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with several scenes, go on after a scene fails; list the failures at the end "
         "and exit with status 2",
     )
+    parser.add_argument(
+        "--mosaic",
+        type=Path,
+        metavar="OUT_DIR",
+        help="the scenes are tiles of one mosaic (files, globs, a VRT or @list.txt): predict "
+        "it seamlessly into OUT_DIR, one output per tile, resumable, shared between the "
+        "processes of torchrun",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -357,6 +365,10 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv[1:])
     if args.checkpoint is None:
         raise ConfigError(f"give --checkpoint MODEL.ckpt or set {CHECKPOINT_ENV}")
+    if args.mosaic is not None:
+        from .mosaic_cli import predict_mosaic_command
+
+        return predict_mosaic_command(args)
     if len(args.scenes) > 1 and args.output is not None:
         raise ConfigError("--output can only be used with a single scene")
     if not args.checkpoint.is_file():

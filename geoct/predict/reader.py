@@ -201,6 +201,7 @@ class SceneReader:
         except BaseException:
             self.close()
             raise
+        self.statistics = (tuple(mean.tolist()), tuple(std.tolist()))
         self.mean = mean.astype(np.float32)[:, None, None]
         self.inv_std = (1 / std).astype(np.float32)[:, None, None]
         self.mask_mode = mask_mode(self.src, self.indexes)

@@ -63,11 +63,14 @@ class ValueOptions:
         rescale: Standardise each optical band with the scene's own sampled
             statistics instead of the training statistics.
         force: Predict even when the values are out of range (warn instead).
+        statistics: Per-band ``(mean, std)`` already decided for a larger scene this
+            one is part of (a mosaic tile); used as they are, without sampling.
     """
 
     scale: tuple[float, ...] | None = None
     rescale: bool = False
     force: bool = False
+    statistics: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,8 @@ def normalisation(
     Returns:
         ``(mean, std)`` float64 arrays over all model bands.
     """
+    if options.statistics is not None:
+        return tuple(np.asarray(v, dtype=np.float64) for v in options.statistics)
     mean = np.asarray(spec.mean, dtype=np.float64)
     std = np.asarray(spec.std, dtype=np.float64)
     n = len(indexes)

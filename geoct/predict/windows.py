@@ -75,22 +75,67 @@ class WindowGrid:
         width: Scene width.
         window: Window size ``(rows, cols)`` in scene pixels.
         overlap: Overlap ``(rows, cols)`` in scene pixels.
+        row_offsets: Explicit window row offsets (a part of a larger grid, see
+            :meth:`part`), or ``None`` for the scene's own layout.
+        col_offsets: Explicit window column offsets, likewise.
     """
 
     height: int
     width: int
     window: tuple[int, int]
     overlap: tuple[int, int]
+    row_offsets: tuple[int, ...] | None = None
+    col_offsets: tuple[int, ...] | None = None
 
     @property
     def rows(self) -> list[int]:
         """Row offsets of the window rows."""
+        if self.row_offsets is not None:
+            return list(self.row_offsets)
         return window_offsets(self.height, self.window[0], self.overlap[0])
 
     @property
     def cols(self) -> list[int]:
         """Column offsets of the windows in each row."""
+        if self.col_offsets is not None:
+            return list(self.col_offsets)
         return window_offsets(self.width, self.window[1], self.overlap[1])
+
+    def part(
+        self, row: int, col: int, height: int, width: int
+    ) -> tuple[tuple[int, int], "WindowGrid"]:
+        """Return the windows of this grid that touch a region, as a grid of their own.
+
+        The returned grid covers the *context* of the region: the rows and columns
+        of this grid's scene that those windows span (clipped to the scene, so
+        windows keep their reflect padding only at the scene's own edges), with
+        offsets relative to the context's origin. Blending it gives every pixel
+        of the region exactly the windows, weights and summation order that
+        blending the whole grid gives it.
+
+        Args:
+            row: Top row of the region in scene pixels.
+            col: Left column of the region.
+            height: Region rows.
+            width: Region columns.
+
+        Returns:
+            The context's origin ``(row, col)`` in scene pixels, and its grid.
+        """
+        wh, ww = self.window
+        rows = [r for r in self.rows if r < row + height and r + wh > row]
+        cols = [c for c in self.cols if c < col + width and c + ww > col]
+        top, left = max(rows[0], 0), max(cols[0], 0)
+        bottom, right = min(rows[-1] + wh, self.height), min(cols[-1] + ww, self.width)
+        grid = WindowGrid(
+            bottom - top,
+            right - left,
+            self.window,
+            self.overlap,
+            tuple(r - top for r in rows),
+            tuple(c - left for c in cols),
+        )
+        return (top, left), grid
 
     def __len__(self) -> int:
         """Return the number of windows."""

@@ -149,7 +149,7 @@ def test_lonlat_scene_gsd_in_metres(data: ModuleType, tmp_path: Path, recwarn) -
 def test_rotated_grid_pixel_size(data: ModuleType, tmp_path: Path, angle: float) -> None:
     scene = tmp_path / "rotated.tif"
     transform = (
-        Affine.translation(368000, 5808000) * Affine.rotation(angle) * Affine.scale(0.1, -0.1)
+        Affine.translation(368000, 5808000) @ Affine.rotation(angle) @ Affine.scale(0.1, -0.1)
     )
     data.write_scene(scene, 40, 40, transform=transform)
     with pytest.warns(UserWarning, match=r"ground pixel size 0\.1 x 0\.1 m"):
