@@ -392,10 +392,8 @@ def _read_windows(
     _put(out, _END, stop, consumer)
 
 
-def _write_blocks(
-    writer: PredictionWriter, inbox: queue.Queue, stop: threading.Event, times: StageTimes
-) -> None:
-    """Writer thread: wait for each finished block's copy to the host, then stage it."""
+def _drain(inbox: queue.Queue, stop: threading.Event) -> Iterator[Any]:
+    """Yield the items of *inbox* until its end marker, or until *stop* is set."""
     while not stop.is_set():
         try:
             item = inbox.get(timeout=0.1)
@@ -403,7 +401,14 @@ def _write_blocks(
             continue
         if item is _END:
             return
-        row, col, bands, event = item
+        yield item
+
+
+def _write_blocks(
+    writer: PredictionWriter, inbox: queue.Queue, stop: threading.Event, times: StageTimes
+) -> None:
+    """Writer thread: wait for each finished block's copy to the host, then stage it."""
+    for row, col, bands, event in _drain(inbox, stop):
         if event is not None:
             event.synchronize()
         start = time.perf_counter()
@@ -655,14 +660,7 @@ def _blend_batches(
     """
     if blender.device.type == "cpu":
         torch.set_num_threads(1)
-    while not stop.is_set():
-        try:
-            item = inbox.get(timeout=0.1)
-        except queue.Empty:
-            continue
-        if item is _END:
-            return
-        batch, slots, masked, logits, valid = item
+    for batch, slots, masked, logits, valid in _drain(inbox, stop):
         with times.time("blend"):
             for slot in slots:
                 if slot < 0:

@@ -320,7 +320,7 @@ class MosaicPredictor:
         return run
 
     def publish_mosaic(self) -> dict[str, Path]:
-        """Write ``mosaic.classes.vrt`` (and ``mosaic.confidence.vrt``) over the done tiles."""
+        """Write ``mosaic.classes.vrt`` and its QGIS style (and ``mosaic.confidence.vrt``) over the done tiles."""
         done = [
             t
             for t in self.mosaic.tiles
@@ -351,6 +351,7 @@ class MosaicPredictor:
                     )
                 )
             outputs[kind] = path
+        outputs["style"] = _write_style(outputs["classes"], self.spec)
         return outputs
 
 

@@ -83,7 +83,11 @@ def band_indexes(src: rasterio.io.DatasetReaderBase, spec: ModelSpec, path: Path
 
 
 def mask_mode(src: rasterio.io.DatasetReaderBase, indexes: list[int]) -> str:
-    """How nodata is found: ``"none"`` (all valid), ``"masks"`` (GDAL masks) or ``"nodata"``.
+    """How nodata is found: ``"none"``, ``"masks"``, ``"nodata"`` or ``"alpha"``.
+
+    ``"none"``: all valid; ``"masks"``: GDAL's masks; ``"nodata"``: the nodata value;
+    ``"alpha"``: alpha bands GDAL does not use as a mask (e.g. the fifth band of an
+    R, G, B, IR, alpha file), where zero alpha is nodata.
 
     Args:
         src: The open scene.
@@ -96,7 +100,7 @@ def mask_mode(src: rasterio.io.DatasetReaderBase, indexes: list[int]) -> str:
     if alpha & set(indexes):
         return "none" if src.nodata is None else "nodata"
     if all(src.mask_flag_enums[i - 1] == [MaskFlags.all_valid] for i in indexes):
-        return "none"
+        return "alpha" if alpha else "none"
     return "masks"
 
 
@@ -205,6 +209,7 @@ class SceneReader:
         self.mean = mean.astype(np.float32)[:, None, None]
         self.inv_std = (1 / std).astype(np.float32)[:, None, None]
         self.mask_mode = mask_mode(self.src, self.indexes)
+        self.alpha = alpha_bands(self.src, spec)
 
     @property
     def height(self) -> int:
@@ -279,6 +284,8 @@ class SceneReader:
                 valid &= src.read_masks(self.indexes, window=win).all(axis=0)
             elif self.mask_mode == "nodata":
                 valid &= (data != src.nodata).all(axis=0)
+            elif self.mask_mode == "alpha":
+                valid &= (src.read(self.alpha, window=win) > 0).all(axis=0)
         if dsm is None:
             return data, valid, None
         with read_errors(Path(getattr(dsm, "src_dataset", dsm).name), win):

@@ -129,6 +129,7 @@ def test_cli_resumes_and_refuses_another_checkpoint(
     assert main([*args, "--vector", "--stac"]) == 0, capsys.readouterr().err
     first = tile_files(out)
     assert len(first) == 8 and (out / "mosaic.classes.vrt").exists()
+    assert (out / "mosaic.classes.qml").exists()
     assert "8 predicted, 0 skipped" in capsys.readouterr().out
     collection = json.loads((out / "collection.json").read_text())
     assert collection["type"] == "Collection"

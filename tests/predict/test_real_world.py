@@ -214,7 +214,10 @@ def test_alpha_band_is_never_data(data: ModuleType, tmp_path: Path) -> None:
         dst.colorinterp = [ColorInterp.gray] * 4 + [ColorInterp.alpha]
         dst.write(np.concatenate([pixels, alpha]))
     with SceneReader(five, data.SPEC) as reader:
-        assert reader.indexes == [1, 2, 3, 4]
+        assert reader.indexes == [1, 2, 3, 4] and reader.mask_mode == "alpha"
+    result = predict_scene(data.ColourModel(), data.SPEC, five, options=FAST)
+    classes = read_classes(result.outputs["classes"])
+    assert (classes[:, :10] == 255).all() and (classes[:, 10:] != 255).all()
 
 
 def test_missing_scene_is_reported_before_the_model_loads(
