@@ -181,7 +181,9 @@ class MosaicPredictor:
         self.predictor = WindowPredictor(
             self.model,
             self.spec.classes.num_classes,
-            resolve_device(self.options.device if not workers.distributed else workers.device),
+            resolve_device(
+                workers.device if self.options.device == "auto" else self.options.device
+            ),
             model_size=(window, window) if self.options.match_gsd else None,
             tta=self.options.tta,
             compile=self.options.compile,
