@@ -28,9 +28,9 @@ from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import rasterio
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from ..raster_io import warp_to_grid
 from .reader import SceneReader, _pad
 from .windows import WindowGrid
 
@@ -116,13 +116,10 @@ def _clone_dsm(dsm: rasterio.io.DatasetReaderBase) -> rasterio.io.DatasetReaderB
         return rasterio.open(dsm.name)
     src = rasterio.open(base.name)
     try:
-        return WarpedVRT(
+        return warp_to_grid(
             src,
-            crs=dsm.crs,
-            transform=dsm.transform,
-            width=dsm.width,
-            height=dsm.height,
-            resampling=dsm.resampling,
+            dsm,
+            dsm.resampling,
             src_nodata=dsm.src_nodata,
             nodata=dsm.dst_nodata,
             dtype=dsm.working_dtype,
