@@ -116,7 +116,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi -L >> "$log" 2>&1
 
 if [ "$smoke" = 1 ]; then
   device=cpu
-  predict_args=(--model conv --width 4 --depth 1 --window 64 --overlap 16 --scene-size 256
+  predict_args=(--model conv --width 4 --depth 1 --window 64 --overlap 16 --scene-size 256 --repeats 1
                 --forward-windows 8 --confidence --device cpu)
   vit_args=()
   overhead_args=(--device cpu --size 64 --batch 2 --steps 1 --warmup 1 --backbones poolformer_s12)
@@ -126,9 +126,9 @@ else
     say "no CUDA device: nothing to measure (use --smoke on CPU)"
     exit 1
   fi
-  predict_args=(--model swin_t --device cuda --scene-size 20000 --confidence
+  predict_args=(--model swin_t --device cuda --scene-size 20000 --confidence --repeats 1
                 --gpu-memory-sizes 2048)
-  vit_args=(--model vit_s16 --device cuda --scene-size 20000 --confidence)
+  vit_args=(--model vit_s16 --device cuda --scene-size 20000 --confidence --repeats 1)
   overhead_args=(--device cuda --size 512 --batch 16 --steps 10
                  --backbones swin_t vit_s16 poolformer_s12)
 fi

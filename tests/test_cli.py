@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -34,3 +35,14 @@ def test_unknown_command_is_one_line_error() -> None:
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[0] == "geoct: error: unknown command 'frobnicate'"
     assert "Traceback" not in proc.stderr
+
+
+def test_predict_sets_passive_openmp_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

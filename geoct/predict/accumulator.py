@@ -8,14 +8,18 @@ for this window row (no later window of the row touches them), or the row ends,
 they are handed on: their rows above the next window row are final and go to a
 sink, still on the device; the rows below (touched again by the next window row)
 are the *carry*, kept for the next window row. The default chunk covers the whole
-scene width, so a row band is finalised at once; a scene wider than the device
-budget (:data:`BUFFER_BYTES`) is tiled by columns. The carry (``overlap`` rows x
-scene width) stays on the device when it fits :data:`CARRY_BYTES`, else it is
-spilled to a scratch file (page cache or disk, not the process).
+scene width, so a row band is finalised at once and the carry moves up inside the
+buffer; a scene wider than the device budget (:data:`BUFFER_BYTES`) is tiled by
+columns, and its carry (``overlap`` rows x scene width) is kept on the device when
+it fits :data:`CARRY_BYTES`, else spilled to a scratch file (page cache or disk,
+not the process).
 
 Every pixel accumulates its windows in the same order (raster order) with the same
 float32 operations (``logits * (hann * valid)`` then ``+=``) whatever the chunking
-and the device, so on CPU the sums are bit for bit those of a NumPy blend.
+and the device, so on CPU the sums are bit for bit those of a NumPy blend. A pixel's
+first window writes its product instead of adding it to zero (the same value), and
+on CPU the operations run over chunks of rows (:data:`CHUNK_BYTES`) whose product
+stays in the core's cache: the blend is bound by memory traffic there.
 """
 
 import os
@@ -34,6 +38,10 @@ BlockSink = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 #: Largest blending buffer, in bytes, per device type; wider row bands are tiled by columns.
 BUFFER_BYTES = {"cuda": 256 << 20, "cpu": 32 << 20}
+
+#: Logit bytes blended per operation, per device type: on CPU a chunk of a window's rows
+#: whose product stays in the core's cache; on CUDA the whole window.
+CHUNK_BYTES = {"cuda": 1 << 62, "cpu": 1 << 20}
 
 #: Largest carry kept on the device, in bytes, per device type; a larger one goes to a file.
 CARRY_BYTES = {"cuda": 512 << 20, "cpu": 32 << 20}
@@ -166,6 +174,8 @@ class StreamingBlender:
         channels = self.k + 1
         budget = BUFFER_BYTES[kind] if buffer_bytes is None else buffer_bytes
         self.chunk = chunk_columns(grid, channels, budget)
+        #: Logit bytes blended per operation (see :data:`CHUNK_BYTES`).
+        self.chunk_bytes = CHUNK_BYTES[kind]
         width = min(self.chunk + ww, grid.width)
         self.buffer = torch.zeros((channels, wh, width), dtype=torch.float32, device=self.device)
         self._product = torch.empty((self.k, wh, ww), dtype=torch.float32, device=self.device)
@@ -173,8 +183,11 @@ class StreamingBlender:
         carries = [self._band(i)[1] - self.row_bounds[i + 1] for i in range(len(self.rows))]
         max_carry = max(0, *carries)
         carry_budget = CARRY_BYTES[kind] if carry_bytes is None else carry_bytes
+        #: Whether the buffer spans the scene width, so the carry moves up inside it.
+        self.carry_in_buffer = self.chunk >= grid.width
         store = DeviceCarry if channels * max_carry * grid.width * 4 <= carry_budget else CarryStore
-        self.store = store(channels, max_carry, grid.width, self.device) if max_carry else None
+        own_store = max_carry and not self.carry_in_buffer
+        self.store = store(channels, max_carry, grid.width, self.device) if own_store else None
         self._i, self._j = 0, 0
         self._origin = 0
         self._filled = 0
@@ -199,9 +212,10 @@ class StreamingBlender:
         i, j = self._i, self._j
         top, bottom = self._band(i)
         right = min(self.cols[j] + self.grid.window[1], self.grid.width)
-        self._extend(right, bottom - top)
+        first = self._filled
+        self._extend(right, bottom - top, zero=logits is None)
         if logits is not None:
-            self._add(self._tensor(logits), self._tensor(valid), top, bottom, right)
+            self._add(self._tensor(logits), self._tensor(valid), top, bottom, first, right)
         last = j == len(self.cols) - 1
         if last or self.col_bounds[j + 1] - self._origin >= self.chunk:
             self._finalise_columns(j, top, bottom)
@@ -216,13 +230,14 @@ class StreamingBlender:
             return array
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
-    def _extend(self, right: int, band_height: int) -> None:
-        """Initialise buffer columns up to *right*, loading the carry from the previous row."""
+    def _extend(self, right: int, band_height: int, zero: bool) -> None:
+        """Prepare buffer columns up to *right*: the carry rows from the previous row, zeros below if *zero*."""
         if right <= self._filled:
             return
         lo, hi = self._filled - self._origin, right - self._origin
-        self.buffer[:, self._carry_rows : band_height, lo:hi] = 0.0
-        if self._carry_rows:
+        if zero:
+            self.buffer[:, self._carry_rows : band_height, lo:hi] = 0.0
+        if self._carry_rows and not self.carry_in_buffer:
             carry = self.store.read(self._filled, self._carry_rows, right - self._filled)
             self.buffer[:, : self._carry_rows, lo:hi] = carry
         self._filled = right
@@ -233,17 +248,46 @@ class StreamingBlender:
         valid: torch.Tensor | None,
         top: int,
         bottom: int,
+        first: int,
         right: int,
     ) -> None:
+        """Accumulate a window; columns from *first* on, below the carry rows, are its alone.
+
+        Those pixels get ``logits * weight`` and ``weight`` directly (the sum ``0 + x``
+        it replaces is ``x``); the others, touched by an earlier window, add them.
+        """
         row, col = self.rows[self._i], self.cols[self._j]
         left = max(col, 0)
         rows, cols = slice(top - row, bottom - row), slice(left - col, right - col)
-        h, w = bottom - top, right - left
         weight = self.weight[rows, cols]
         if valid is not None:
+            h, w = bottom - top, right - left
             weight = torch.mul(weight, valid[rows, cols], out=self._weight[:h, :w])
-        product = torch.mul(logits[:, rows, cols], weight, out=self._product[:, :h, :w])
-        dst = (slice(0, h), slice(left - self._origin, right - self._origin))
+        logits = logits[:, rows, cols]
+        carry, own = self._carry_rows, first - left
+        for r0, r1 in self._row_chunks(0, carry, right - left):
+            self._accumulate(logits[:, r0:r1], weight[r0:r1], r0, left)
+        for r0, r1 in self._row_chunks(carry, bottom - top, own):
+            self._accumulate(logits[:, r0:r1, :own], weight[r0:r1, :own], r0, left)
+        cols = slice(first - self._origin, right - self._origin)
+        for r0, r1 in self._row_chunks(carry, bottom - top, right - first):
+            torch.mul(
+                logits[:, r0:r1, own:], weight[r0:r1, own:], out=self.buffer[: self.k, r0:r1, cols]
+            )
+            self.buffer[self.k, r0:r1, cols] = weight[r0:r1, own:]
+
+    def _row_chunks(self, start: int, stop: int, width: int) -> list[tuple[int, int]]:
+        """Split rows ``start:stop`` of a *width*-wide region into chunks of :attr:`chunk_bytes`."""
+        if stop <= start or width <= 0:
+            return []
+        step = max(1, self.chunk_bytes // (self.k * width * 4))
+        return [(r, min(r + step, stop)) for r in range(start, stop, step)]
+
+    def _accumulate(self, logits: torch.Tensor, weight: torch.Tensor, row: int, col: int) -> None:
+        """Add ``logits * weight`` and ``weight`` to the buffer at band row *row*, scene column *col*."""
+        h, w = weight.shape
+        product = torch.mul(logits, weight, out=self._product[:, :h, :w])
+        dst = (slice(row, row + h), slice(col - self._origin, col - self._origin + w))
         self.buffer[(slice(0, self.k), *dst)] += product
         self.buffer[(self.k, *dst)] += weight
 
@@ -256,7 +300,13 @@ class StreamingBlender:
             block = self.buffer[:, : split - top, :hi]
             self.sink(top, c0, block[: self.k], block[self.k])
         if c1 > c0 and bottom > split:
-            self.store.write(c0, self.buffer[:, split - top : bottom - top, :hi])
+            carry = self.buffer[:, split - top : bottom - top, :hi]
+            if not self.carry_in_buffer:
+                self.store.write(c0, carry)
+            elif split - top < bottom - split:
+                self.buffer[:, : bottom - split, :hi] = carry.clone()
+            else:
+                self.buffer[:, : bottom - split, :hi] = carry
         keep = self._filled - c1
         if keep > 0 and hi > 0:
             self.buffer[:, :, :keep] = self.buffer[:, :, hi : hi + keep].clone()

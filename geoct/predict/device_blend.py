@@ -22,6 +22,10 @@ from .writer import CLASS_NODATA, CONFIDENCE_NODATA, PROBABILITY_NODATA
 #: Pixels per run when normalising pixel-interleaved input (see :class:`InputNormaliser`).
 INTERLEAVED_PIXELS = 16
 
+#: Pixels per chunk when finalising or normalising on CPU: a float32 plane of it
+#: (256 KiB) stays in the core's cache between the operations on it.
+CPU_CHUNK_PIXELS = 1 << 16
+
 #: Output kinds that need the softmax.
 SOFT_KINDS = frozenset({"confidence", "probabilities"})
 
@@ -53,22 +57,32 @@ def class_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def argmax(x: torch.Tensor) -> torch.Tensor:
-    """Return the uint8 index of the first maximum over axis 0 (at most 255 classes)."""
+    """Return the uint8 index of the first maximum over axis 0 (at most 255 classes).
+
+    Branch-free: class *k* is larger than every index so far, so "take *k* where
+    it beats the best" is ``maximum(index, better * k)``; ``where`` and
+    ``masked_fill`` branch per element and cost several times more on CPU.
+    """
     best = x[0].clone()
     index = torch.zeros(best.shape, dtype=torch.uint8, device=x.device)
     better = torch.empty(best.shape, dtype=torch.bool, device=x.device)
+    step = torch.empty(best.shape, dtype=torch.uint8, device=x.device)
     for k in range(1, x.shape[0]):
         torch.gt(x[k], best, out=better)
-        torch.where(better, torch.tensor(k, dtype=torch.uint8), index, out=index)
+        torch.mul(better.view(torch.uint8), k, out=step)
+        torch.maximum(index, step, out=index)
         torch.maximum(best, x[k], out=best)
     return index
 
 
-def softmax(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over axis 0 of float32 logits, as a new tensor."""
+def softmax_terms(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``exp(x - max)`` over axis 0 of float32 logits (a new tensor) and its class sum.
+
+    The softmax is the first divided by the second; its maximum is exactly
+    ``1 / sum``, since the largest term is ``exp(0) = 1`` and division is monotonic.
+    """
     e = exp_(logits - class_max(logits))
-    e /= class_sum(e)
-    return e
+    return e, class_sum(e)
 
 
 def to_uint8(p: torch.Tensor) -> torch.Tensor:
@@ -77,14 +91,23 @@ def to_uint8(p: torch.Tensor) -> torch.Tensor:
 
 
 def finalise(
-    sums: torch.Tensor, weights: torch.Tensor, kinds: frozenset[str] | set[str]
+    sums: torch.Tensor,
+    weights: torch.Tensor,
+    kinds: frozenset[str] | set[str],
+    chunk_pixels: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Turn blended sums of final pixels into the uint8 output bands, on their device.
+
+    On CPU the block is finalised in chunks of rows whose planes fit the core's
+    cache (:data:`CPU_CHUNK_PIXELS`): each step of the class loop then reads its
+    running maximum from the cache rather than from memory.
 
     Args:
         sums: ``(K, h, w)`` weighted logit sums.
         weights: ``(h, w)`` weight sums; zero marks nodata.
         kinds: Outputs wanted besides ``classes``: ``confidence``, ``probabilities``.
+        chunk_pixels: Pixels per chunk (default: :data:`CPU_CHUNK_PIXELS` on CPU,
+            the whole block elsewhere).
 
     Returns:
         ``classes`` ``(h, w)`` (nodata :data:`CLASS_NODATA`) and, if asked,
@@ -92,18 +115,42 @@ def finalise(
         :data:`CONFIDENCE_NODATA`) and ``probabilities`` ``(K, h, w)``
         (``min(rint(255 p), 254)``, nodata :data:`PROBABILITY_NODATA`).
     """
-    invalid = weights <= 0
-    bands = {"classes": argmax(sums).masked_fill_(invalid, CLASS_NODATA)}
+    if chunk_pixels is None:
+        chunk_pixels = CPU_CHUNK_PIXELS if sums.device.type == "cpu" else sums[0].numel()
+    h, w = weights.shape
+    step = max(1, chunk_pixels // max(w, 1))
+    if step >= h:
+        return _finalise(sums, weights, kinds)
+    parts = [
+        _finalise(sums[:, r : r + step], weights[r : r + step], kinds) for r in range(0, h, step)
+    ]
+    return {kind: torch.cat([part[kind] for part in parts], dim=-2) for kind in parts[0]}
+
+
+def _finalise(
+    sums: torch.Tensor, weights: torch.Tensor, kinds: frozenset[str] | set[str]
+) -> dict[str, torch.Tensor]:
+    """:func:`finalise` of one chunk."""
+    valid = (weights > 0).view(torch.uint8)
+    bands = {"classes": fill_nodata(argmax(sums), valid, CLASS_NODATA)}
     if not SOFT_KINDS & set(kinds):
         return bands
-    probs = softmax(sums / torch.where(invalid, 1.0, weights))
+    e, total = softmax_terms(sums / (weights + (1 - valid)))
     if "confidence" in kinds:
-        confidence = to_uint8(class_max(probs))
-        bands["confidence"] = confidence.masked_fill_(invalid, CONFIDENCE_NODATA)
+        confidence = to_uint8(torch.ones_like(total).div_(total))
+        bands["confidence"] = fill_nodata(confidence, valid, CONFIDENCE_NODATA)
     if "probabilities" in kinds:
-        probabilities = to_uint8(probs).clamp_(max=PROBABILITY_NODATA - 1)
-        bands["probabilities"] = probabilities.masked_fill_(invalid, PROBABILITY_NODATA)
+        probabilities = to_uint8(e.div_(total)).clamp_(max=PROBABILITY_NODATA - 1)
+        bands["probabilities"] = fill_nodata(probabilities, valid, PROBABILITY_NODATA)
     return bands
+
+
+def fill_nodata(x: torch.Tensor, valid: torch.Tensor, value: int) -> torch.Tensor:
+    """Set uint8 *x* to *value* where the uint8 0/1 *valid* is 0, in place, without branching."""
+    x.mul_(valid)
+    if value:
+        x.add_(torch.mul(1 - valid, value))
+    return x
 
 
 class InputNormaliser:
@@ -160,8 +207,11 @@ class InputNormaliser:
             run = self._mean_run.numel()
             pixels = image.permute(0, 2, 3, 1).view(-1, run)
             out = x.permute(0, 2, 3, 1).view(-1, run)
-            torch.sub(pixels, self._mean_run, out=out)
-            out *= self._inv_std_run
+            step = len(out) if image.device.type != "cpu" else CPU_CHUNK_PIXELS // run
+            for r in range(0, len(out), step):
+                chunk = out[r : r + step]
+                torch.sub(pixels[r : r + step], self._mean_run, out=chunk)
+                chunk *= self._inv_std_run
         else:
             torch.sub(image, self.mean[:, :c], out=x[:, :c])
             if height is not None:

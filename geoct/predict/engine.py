@@ -37,15 +37,17 @@ from ..metadata import ModelSpec
 from ..raster_io import atomic_output, check_output
 from .accumulator import StreamingBlender
 from .device_blend import InputNormaliser, finalise
-from .reader import GSD_TOLERANCE, SceneReader, ground_size, gsd_ratio
+from .reader import GSD_TOLERANCE, SceneReader, gsd_ratio
 from .strips import StripReader
 from .transfer import BatchPool, HostBatch, StageTimes, stage_times, to_host
 from .values import ValueOptions
 from .windows import WindowGrid
 from .writer import Grid, OutputPaths, PredictionWriter
 
-#: GDAL block cache while predicting, in MB: small, so memory does not grow with the scene.
-GDAL_CACHE_MB = 32
+#: GDAL block cache while predicting, in MB. The strip reader decodes each block once
+#: into its own pieces, so the cache serves little more than the value sampling and a
+#: DSM warp; a larger one fills on wide scenes and makes memory grow with the width.
+GDAL_CACHE_MB = 8
 
 #: Batch size on CPU when none is given.
 CPU_BATCH_SIZE = 4
@@ -323,7 +325,7 @@ def scene_grid(reader: SceneReader, spec: ModelSpec, options: PredictOptions) ->
     overlap = window // 4 if options.overlap is None else options.overlap
     if window < 1 or not 0 <= overlap < window:
         raise ConfigError(f"--overlap {overlap} must be >= 0 and smaller than --window {window}")
-    ratio = gsd_ratio(reader.src, spec) if options.match_gsd else (1.0, 1.0)
+    ratio = gsd_ratio(reader.ground_size, spec) if options.match_gsd else (1.0, 1.0)
     size = tuple(max(1, round(window / r)) for r in ratio)
     lap = tuple(min(s - 1, round(overlap / r)) for s, r in zip(size, ratio, strict=True))
     return WindowGrid(reader.height, reader.width, size, lap)
@@ -335,8 +337,8 @@ def _check_gsd(reader: SceneReader, spec: ModelSpec, match_gsd: bool) -> None:
     Raises:
         InputError: If ``match_gsd`` is set and the ratio exceeds :data:`MAX_GSD_RATIO`.
     """
-    ratio = gsd_ratio(reader.src, spec)
-    x, y = ground_size(reader.src)
+    ratio = gsd_ratio(reader.ground_size, spec)
+    x, y = reader.ground_size
     size = f"ground pixel size {x:.3g} x {y:.3g} m"
     if match_gsd and any(not 1 / MAX_GSD_RATIO <= r <= MAX_GSD_RATIO for r in ratio):
         raise InputError(
@@ -367,18 +369,14 @@ def _read_windows(
     *prepare*, if given, is called with each filled batch before it is handed on
     (on CPU: normalisation, which then overlaps the model's work on the previous batch).
     """
-    width = grid.window[1]
     with strips:
         batch = pool.take(stop)
         for strip in strips:
             for col in grid.cols:
                 if batch is None:
                     return
-                image, valid, height = strip.window(col, width)
-                if valid.any():
-                    batch.add(image, valid, height)
-                else:
-                    batch.skip()
+                strip.cut(col, *batch.slot())
+                batch.keep()
                 if batch.full:
                     if prepare is not None:
                         prepare(batch)
@@ -500,7 +498,7 @@ def predict_scene(
             paths,
             Grid(src.crs, src.transform, src.width, src.height),
             spec.classes,
-            _provenance(spec, grid, options, checkpoint, ground_size(src)),
+            _provenance(spec, grid, options, checkpoint, reader.ground_size),
         )
         try:
             windows_run, stages = _stream(
@@ -587,9 +585,10 @@ def _stream(
     model_threads = torch.get_num_threads()
     light_threads = model_threads if predictor.cuda else 1
     workers = (preparing, blending, writing)
-    for worker in workers:
-        worker.start()
     try:
+        strips.start()
+        for worker in workers:
+            worker.start()
         torch.set_num_threads(light_threads)
         for batch in _batches(ready, preparing):
             x = batch.input
@@ -621,6 +620,7 @@ def _stream(
         for worker in workers:
             if worker.is_alive():
                 worker.join()
+        strips.close()
         blender.close()
         bar.close()
     return windows_run, dict(times.seconds)

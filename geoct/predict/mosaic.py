@@ -48,7 +48,7 @@ from .engine import (
     resolve_device,
     scene_grid,
 )
-from .reader import SceneReader, ground_size
+from .reader import SceneReader
 from .tiles import MosaicGrid, Tile, vrt_xml
 from .values import ValueOptions
 from .windows import WindowGrid
@@ -176,7 +176,7 @@ class MosaicPredictor:
             _check_gsd(reader, self.spec, self.options.match_gsd)
             self.grid = scene_grid(reader, self.spec, self.options)
             self.statistics = reader.statistics
-            self.gsd = ground_size(reader.src)
+            self.gsd = reader.ground_size
         window = self.options.window or self.spec.patch_size
         self.predictor = WindowPredictor(
             self.model,

@@ -142,9 +142,9 @@ def ground_size(src: rasterio.io.DatasetReaderBase) -> tuple[float, float]:
     return ground_pixel_size(src.crs, src.transform, src.width, src.height)
 
 
-def gsd_ratio(src: rasterio.io.DatasetReaderBase, spec: ModelSpec) -> tuple[float, float]:
-    """Return the scene's ground pixel size over the trained GSD, as ``(rows, cols)``."""
-    x, y = ground_size(src)
+def gsd_ratio(size: tuple[float, float], spec: ModelSpec) -> tuple[float, float]:
+    """Return a ground pixel *size* ``(x, y)`` over the trained GSD, as ``(rows, cols)``."""
+    x, y = size
     return y / spec.gsd, x / spec.gsd
 
 
@@ -187,6 +187,8 @@ class SceneReader:
         self.src = open_raster(self.path, georeferenced=True)
         self.dsm = None
         try:
+            #: Ground pixel size ``(x, y)`` in metres at the scene centre (:func:`ground_size`).
+            self.ground_size = ground_size(self.src)
             self.indexes = band_indexes(self.src, spec, self.path)
             if spec.needs_height and dsm is None:
                 raise ConfigError(
@@ -262,7 +264,9 @@ class SceneReader:
         win: Window,
         src: rasterio.io.DatasetReaderBase | None = None,
         dsm: rasterio.io.DatasetReaderBase | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        out: tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]
+        | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Return the optical bands, the validity mask and the height band of a window.
 
         Args:
@@ -270,6 +274,12 @@ class SceneReader:
             src: Scene handle to read with (default this reader's; each reader
                 thread passes its own, GDAL handles must not be shared).
             dsm: DSM handle to read with (default this reader's).
+            out: Arrays to read into instead of new ones, each of the window's
+                shape: ``(data, valid, height, scratch)``, the ``(bands, rows,
+                cols)`` scene dtype bands, the boolean mask, the float32 height
+                band (with a DSM) and a uint8 work area (with masks or a DSM);
+                with no mask and no DSM, ``valid`` may be ``None`` and is
+                returned as such (every pixel valid).
 
         Raises:
             InputError: If GDAL cannot read the scene or the DSM there (a broken
@@ -277,20 +287,32 @@ class SceneReader:
         """
         src = self.src if src is None else src
         dsm = self.dsm if dsm is None else dsm
+        data, valid, height, scratch = out or (None, None, None, None)
         with read_errors(self.path, win):
-            data = src.read(self.indexes, window=win)
-            valid = np.ones(data.shape[1:], dtype=bool)
+            data = src.read(self.indexes, window=win, out=data)
+            if out is None:
+                valid = np.ones(data.shape[1:], dtype=bool)
+            elif valid is not None:
+                valid.fill(True)
             if self.mask_mode == "masks":
-                valid &= src.read_masks(self.indexes, window=win).all(axis=0)
+                for i in self.indexes:
+                    np.logical_and(valid, src.read_masks(i, window=win, out=scratch), out=valid)
             elif self.mask_mode == "nodata":
-                valid &= (data != src.nodata).all(axis=0)
+                flags = None if scratch is None else scratch.view(bool)
+                for band in data:
+                    np.logical_and(valid, np.not_equal(band, src.nodata, out=flags), out=valid)
             elif self.mask_mode == "alpha":
-                valid &= (src.read(self.alpha, window=win) > 0).all(axis=0)
+                for i in self.alpha:
+                    if src.dtypes[i - 1] == "uint8":  # nonzero is > 0
+                        alpha = src.read(i, window=win, out=scratch)
+                    else:
+                        alpha = src.read(i, window=win) > 0
+                    np.logical_and(valid, alpha, out=valid)
         if dsm is None:
             return data, valid, None
         with read_errors(Path(getattr(dsm, "src_dataset", dsm).name), win):
-            valid &= dsm.read_masks(1, window=win) > 0
-            height = dsm.read(1, window=win, out_dtype="float32")
+            np.logical_and(valid, dsm.read_masks(1, window=win, out=scratch), out=valid)
+            height = dsm.read(1, window=win, out_dtype="float32", out=height)
         return data, valid, height
 
     def close(self) -> None:

@@ -5,17 +5,24 @@ Windows of one window row share their rows, and consecutive window rows share
 ``(window / stride)^2`` times (1.8 at the default overlap). :class:`StripReader`
 instead reads the scene in *pieces* (a group of source block rows times a group of
 source block columns, so that each GDAL block is decoded by one thread, once),
-several reader threads at a time, each with its own dataset handles (GDAL datasets
-must not be shared between threads). For each window row it yields a *strip*:
-the pieces holding the rows that row touches, from which each window is cut,
-clipped to the scene and reflect-padded exactly as a windowed read pads it.
-Pieces are dropped as soon as no later window row needs their rows.
+several reader threads at a time, each with its own dataset handles (a GDAL
+dataset must not be used by two threads at once). For each window row it yields a *strip*,
+from whose pieces each window is cut, clipped to the scene and reflect-padded
+exactly as a windowed read pads it, straight into its slot of a host batch
+(:meth:`Strip.cut`). Pieces are read as the windows need them, left to right, a
+few ahead of the window being cut; once the windows of a row have passed a
+piece, it is dropped if no later window row needs its rows, or trimmed to the
+rows later window rows need when that frees at least half of it.
 
 Windows hold the raw values (the scene's dtype, or float32 for dtypes the device
 does not take), the validity mask and the height band; normalisation happens on
 the model's device (:class:`~geoct.predict.device_blend.InputNormaliser`). Host
-memory is about ``bands x 2 piece rows x width`` values (plus ``lookahead`` rows),
-whatever the scene height.
+memory is the piece buffers, allocated as the first pieces are read and then
+reused (a dropped piece's buffers take a later piece): about ``bands x
+(window rows + piece rows) x width`` values at most, usually about one piece row
+(plus ``lookahead`` rows), with a mask and a byte work area of those rows where
+pixels may be invalid and a float32 height band with a DSM, whatever the scene
+height. Nothing of the scene's width is allocated per piece or per window.
 """
 
 import contextlib
@@ -23,6 +30,7 @@ import os
 import queue
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 
@@ -31,7 +39,7 @@ import rasterio
 from rasterio.windows import Window
 
 from ..raster_io import warp_to_grid
-from .reader import SceneReader, _pad
+from .reader import SceneReader
 from .windows import WindowGrid
 
 #: Reader threads when none is given: one per core, at most this many.
@@ -39,6 +47,12 @@ MAX_READ_THREADS = 8
 
 #: A piece spans at least this many rows (whole source block rows).
 MIN_PIECE_ROWS = 256
+
+#: A piece spans at least this many columns (whole source block columns).
+MIN_PIECE_COLS = 256
+
+#: Pieces read ahead of the window being cut, per reader thread (at most a row of pieces).
+AHEAD_PER_THREAD = 2
 
 #: Value types sent to the device as they are; others are cast to float32 on the host.
 DEVICE_DTYPES = frozenset({"uint8", "int8", "uint16", "int16", "int32", "float32"})
@@ -55,18 +69,18 @@ class Strip:
     Windows are assembled on request from the pieces, clipped to the scene and
     reflect-padded exactly as a windowed read (:meth:`SceneReader.read
     <geoct.predict.reader.SceneReader.read>`) pads them; no strip-wide array is
-    kept, so host memory is the pieces alone.
+    kept, so host memory is the pieces alone. Cut the windows left to right (the
+    pieces they have passed are dropped), before the next strip is requested.
 
     Attributes:
         index: Window row index.
         top: First row in scene pixels (may be negative: reflect padding).
     """
 
-    def __init__(self, index: int, top: int, pieces: list["_Piece"], reader: "StripReader"):
-        """Hold the pieces of window row *index*."""
+    def __init__(self, index: int, top: int, reader: "StripReader"):
+        """Stand for window row *index*, whose pieces *reader* holds."""
         self.index = index
         self.top = top
-        self._pieces = pieces
         self._reader = reader
 
     def window(self, col: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -77,16 +91,35 @@ class Strip:
         except that an all-valid mask is shared and read-only.
         """
         reader = self._reader
-        grid = reader.grid
-        rows = grid.window[0]
-        a, b = max(self.top, 0), min(self.top + rows, grid.height)
-        c0, c1 = max(col, 0), min(col + width, grid.width)
-        image = np.empty((len(reader.reader.indexes), b - a, c1 - c0), dtype=reader.dtype)
-        valid = None if reader.all_valid else np.empty((b - a, c1 - c0), dtype=bool)
+        rows = reader.grid.window[0]
+        image = np.empty((len(reader.reader.indexes), rows, width), dtype=reader.dtype)
+        valid = np.empty((rows, width), dtype=bool)
         height = None
         if reader.reader.dsm is not None:
-            height = np.empty((b - a, c1 - c0), dtype=np.float32)
-        for piece in self._pieces:
+            height = np.empty((rows, width), dtype=np.float32)
+        self.cut(col, image, valid, height)
+        return image, reader.ones(rows, width) if reader.all_valid else valid, height
+
+    def cut(
+        self, col: int, image: np.ndarray, valid: np.ndarray, height: np.ndarray | None
+    ) -> None:
+        """Write the window starting at scene column *col* into the given arrays.
+
+        The window is clipped to the scene and reflect-padded as :meth:`window`
+        returns it; every value of the arrays is written.
+
+        Args:
+            col: First column in scene pixels (may be negative: reflect padding).
+            image: ``(C_optical, rows, width)`` raw values, any strides (e.g. a
+                transposed view of a pixel-interleaved batch slot).
+            valid: ``(rows, width)`` boolean mask.
+            height: ``(rows, width)`` float32 height band, with a DSM.
+        """
+        grid = self._reader.grid
+        rows, width = image.shape[1:]
+        a, b = max(self.top, 0), min(self.top + rows, grid.height)
+        c0, c1 = max(col, 0), min(col + width, grid.width)
+        for piece in self._reader._window_pieces(self, col, rows, width):
             data, mask, heights = piece.result
             win = piece.window
             r0, r1 = max(a, win.row_off), min(b, win.row_off + win.height)
@@ -97,16 +130,50 @@ class Strip:
                 slice(r0 - win.row_off, r1 - win.row_off),
                 slice(q0 - win.col_off, q1 - win.col_off),
             )
-            dst = (slice(r0 - a, r1 - a), slice(q0 - c0, q1 - c0))
+            dst = (slice(r0 - self.top, r1 - self.top), slice(q0 - col, q1 - col))
             image[(slice(None), *dst)] = data[(slice(None), *src)]
-            if valid is not None:
+            if mask is not None:
                 valid[dst] = mask[src]
             if height is not None:
                 height[dst] = heights[src]
-        pads = ((a - self.top, self.top + rows - b), (c0 - col, col + width - c1))
-        image = _pad(image, pads)
-        valid = reader.ones(rows, width) if valid is None else _pad(valid, pads)
-        return image, valid, None if height is None else _pad(height, pads)
+        inside = ((a - self.top, b - self.top), (c0 - col, c1 - col))
+        _reflect(image, inside)
+        if self._reader.all_valid:
+            valid.fill(True)
+        else:
+            _reflect(valid, inside)
+        if height is not None:
+            _reflect(height, inside)
+
+
+def _reflected(index: np.ndarray, size: int) -> np.ndarray:
+    """The positions in *size* values that reflect padding copies to positions *index*.
+
+    *index* counts from the first of the values (negative before them), as
+    :func:`numpy.pad` (``mode="reflect"``) pads: period ``2 (size - 1)``, and a
+    single value repeated.
+    """
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    index = index % period
+    return np.where(index < size, index, period - index)
+
+
+def _reflect(array: np.ndarray, inside: tuple[tuple[int, int], tuple[int, int]]) -> None:
+    """Reflect-pad *array* in place around the filled ``inside`` rows and columns.
+
+    The values outside are those :func:`numpy.pad` (``mode="reflect"``) gives
+    for the inside alone (its last two axes).
+    """
+    (r0, r1), (c0, c1) = inside
+    rows, cols = array.shape[-2:]
+    if r0 or r1 < rows:
+        pad = np.r_[0:r0, r1:rows]
+        array[..., pad, c0:c1] = array[..., r0 + _reflected(pad - r0, r1 - r0), c0:c1]
+    if c0 or c1 < cols:
+        pad = np.r_[0:c0, c1:cols]
+        array[..., pad] = array[..., c0 + _reflected(pad - c0, c1 - c0)]
 
 
 def _clone_dsm(dsm: rasterio.io.DatasetReaderBase) -> rasterio.io.DatasetReaderBase:
@@ -141,12 +208,32 @@ def _close_dsm(dsm: rasterio.io.DatasetReaderBase | None) -> None:
 
 
 class _Piece:
-    """One block-aligned rectangle of the scene, read by one thread."""
+    """One block-aligned rectangle of the scene, read by one thread into pooled buffers.
 
-    __slots__ = ("done", "result", "window")
+    ``buffers`` are flat ``(data, valid, height, scratch)`` arrays of the largest
+    piece (``None`` where not needed), or of half its rows (``half``: the trimmed
+    rest of a piece); ``out`` are their views of this piece's shape.
+    """
 
-    def __init__(self, window: Window) -> None:
+    __slots__ = ("buffers", "done", "half", "out", "result", "window")
+
+    def __init__(
+        self,
+        window: Window,
+        buffers: tuple[np.ndarray | None, ...],
+        bands: int,
+        half: bool = False,
+    ) -> None:
         self.window = window
+        self.buffers = buffers
+        self.half = half
+        shape = (int(window.height), int(window.width))
+        area = shape[0] * shape[1]
+        data, *planes = buffers
+        self.out = (
+            data[: bands * area].reshape(bands, *shape),
+            *(None if plane is None else plane[:area].reshape(shape) for plane in planes),
+        )
         self.result: tuple | BaseException | None = None
         self.done = False
 
@@ -154,8 +241,9 @@ class _Piece:
 class StripReader:
     """Yields the :class:`Strip` of each window row of a scene, reading each pixel once.
 
-    Use as a context manager, iterate once, from one thread; reading runs in the
-    reader threads.
+    Use as a context manager, iterate once, and cut the windows, from one thread;
+    reading runs in the reader threads. A piece is read when a window needs it or
+    :attr:`ahead` pieces before, in the order the windows first need them.
     """
 
     def __init__(
@@ -176,9 +264,10 @@ class StripReader:
             lock: Context manager factory held around each GDAL read, where the
                 writer needs reads paused (see :mod:`~geoct.predict.staging`).
             timer: Called with ``("read", seconds)`` after each piece.
-            lookahead: Rows read ahead of the strip being assembled, so that
-                readers work while the strip's windows are batched (host memory
-                grows by ``lookahead x width x bands`` bytes).
+            lookahead: Rows of pieces read ahead of the window being cut, besides
+                :data:`AHEAD_PER_THREAD` pieces per thread, so that readers work
+                while windows are batched (host memory grows by ``lookahead x
+                width x bands`` values).
         """
         self.reader = reader
         self.grid = grid
@@ -187,20 +276,22 @@ class StripReader:
         self.timer = timer
         self.lookahead = lookahead
         self.all_valid = reader.mask_mode == "none" and reader.dsm is None
-        height, width = grid.height, grid.width
         block_rows, block_cols = reader.src.block_shapes[0]
         self.group_rows = block_rows * max(1, -(-MIN_PIECE_ROWS // block_rows))
-        self.groups = -(-height // self.group_rows)
-        if block_cols >= width:
-            edges = [0, width]
-        else:
-            blocks = -(-width // block_cols)
-            per_piece = -(-blocks // self.threads) * block_cols
-            edges = [*range(0, width, per_piece), width]
-        self.col_edges = edges
-        dtype = np.dtype(reader.src.dtypes[reader.indexes[0] - 1])
-        self.dtype = dtype if dtype.name in DEVICE_DTYPES else np.dtype("float32")
-        self._pieces: dict[int, list[_Piece]] = {}
+        self.groups = -(-grid.height // self.group_rows)
+        piece_cols = block_cols * max(1, -(-MIN_PIECE_COLS // block_cols))
+        self.col_edges = [*range(0, grid.width, piece_cols), grid.width]
+        per_group = len(self.col_edges) - 1
+        #: Pieces submitted beyond the last one the current window needs.
+        self.ahead = min(AHEAD_PER_THREAD * self.threads, per_group)
+        self.ahead += -(-lookahead * per_group // self.group_rows)
+        raw = np.dtype(reader.src.dtypes[reader.indexes[0] - 1])
+        self._raw_dtype = raw
+        self.dtype = raw if raw.name in DEVICE_DTYPES else np.dtype("float32")
+        self._plan = self._first_needs()
+        self._order = {key: n for n, key in enumerate(self._plan)}
+        self._pieces: dict[tuple[int, int], _Piece] = {}
+        self._free: dict[bool, list[tuple[np.ndarray | None, ...]]] = {False: [], True: []}
         self._submitted = 0
         self._tasks: queue.Queue = queue.Queue()
         self._cond = threading.Condition()
@@ -214,17 +305,45 @@ class StripReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def start(self) -> None:
+        """Start the reader threads and queue the first pieces (done by iterating, if not before).
+
+        Starting early lets the readers open their handles and read the first
+        pieces while the caller sets up the rest of the pipeline.
+        """
+        if self._workers:
+            return
+        self._start()
+        self._submit_through(self.ahead - 1)
+
     def _start(self) -> None:
-        for n in range(self.threads):
-            worker = threading.Thread(target=self._work, name=f"reader-{n}", daemon=True)
+        """Open one scene handle per reader thread, here, then start the threads.
+
+        A GeoTIFF's CRS is read from its GeoKeys alone (``GTIFF_SRS_SOURCE``), and
+        in this thread, whose PROJ context is warm: building it from the EPSG
+        database in each new thread costs more than the first pieces' reads. The
+        readers use the handles for pixels only.
+        """
+        handles = []
+        try:
+            with rasterio.Env(GTIFF_SRS_SOURCE="GEOKEYS"):
+                for _ in range(self.threads):
+                    handles.append(rasterio.open(self.reader.path))
+        except BaseException:
+            for src in handles:
+                src.close()
+            raise
+        for n, src in enumerate(handles):
+            worker = threading.Thread(
+                target=self._work, args=(src,), name=f"reader-{n}", daemon=True
+            )
             worker.start()
             self._workers.append(worker)
 
-    def _work(self) -> None:
-        """Reader thread: open own handles, then read queued pieces until told to stop."""
-        src = dsm = error = None
+    def _work(self, src: rasterio.io.DatasetReaderBase) -> None:
+        """Reader thread: open an own DSM handle, then read queued pieces until told to stop."""
+        dsm = error = None
         try:
-            src = rasterio.open(self.reader.path)
             dsm = _clone_dsm(self.reader.dsm) if self.reader.dsm is not None else None
         except BaseException as e:
             error = e
@@ -239,8 +358,7 @@ class StripReader:
                 self._read(piece, src, dsm, error)
         finally:
             with contextlib.suppress(Exception):
-                if src is not None:
-                    src.close()
+                src.close()
                 _close_dsm(dsm)
 
     def _read(self, piece: _Piece, src, dsm, error: BaseException | None) -> None:
@@ -249,9 +367,7 @@ class StripReader:
             if error is not None:
                 raise error
             with self.lock():
-                result = self.reader._read_raw(piece.window, src, dsm)
-            if self.all_valid:
-                result = (result[0], None, None)
+                result = self.reader._read_raw(piece.window, src, dsm, out=piece.out)
         except BaseException as e:
             result = e
         if self.timer is not None:
@@ -260,20 +376,118 @@ class StripReader:
             piece.result, piece.done = result, True
             self._cond.notify_all()
 
-    def _submit_until(self, row: int) -> None:
-        """Queue the pieces of every row group starting above *row*."""
-        while self._submitted < self.groups and self._submitted * self.group_rows < row:
-            g = self._submitted
-            r0 = g * self.group_rows
-            r1 = min(r0 + self.group_rows, self.grid.height)
-            pieces = [
-                _Piece(Window(c0, r0, c1 - c0, r1 - r0))
-                for c0, c1 in zip(self.col_edges[:-1], self.col_edges[1:], strict=True)
-            ]
-            self._pieces[g] = pieces
-            for piece in pieces:
-                self._tasks.put(piece)
+    def _span(self, top: int, col: int, rows: int, width: int) -> tuple[range, range]:
+        """The row groups and the column pieces that a window touches."""
+        grid = self.grid
+        a, b = max(top, 0), min(top + rows, grid.height)
+        c0, c1 = max(col, 0), min(col + width, grid.width)
+        groups = range(a // self.group_rows, (b - 1) // self.group_rows + 1)
+        edges = self.col_edges
+        return groups, range(bisect_right(edges, c0) - 1, bisect_right(edges, c1 - 1))
+
+    def _first_needs(self) -> list[tuple[int, int]]:
+        """Every piece ``(group, column piece)``, once, in the order windows first need it."""
+        planned = [0] * self.groups
+        plan = []
+        for top in self.grid.rows:
+            for col in self.grid.cols:
+                groups, cols = self._span(top, col, *self.grid.window)
+                for g in groups:
+                    plan.extend((g, j) for j in range(planned[g], cols.stop))
+                    planned[g] = max(planned[g], cols.stop)
+        return plan
+
+    def _submit_through(self, last: int) -> None:
+        """Queue the planned pieces up to number *last*."""
+        bands = len(self.reader.indexes)
+        while self._submitted <= min(last, len(self._plan) - 1):
+            g, j = key = self._plan[self._submitted]
+            r0, c0 = g * self.group_rows, self.col_edges[j]
+            r1, c1 = min(r0 + self.group_rows, self.grid.height), self.col_edges[j + 1]
+            piece = _Piece(Window(c0, r0, c1 - c0, r1 - r0), self._take_buffers(), bands)
+            self._pieces[key] = piece
+            self._tasks.put(piece)
             self._submitted += 1
+
+    def _keep_from(self, index: int) -> int:
+        """First scene row that a window row after *index* needs (the height after the last)."""
+        rows = self.grid.rows
+        return max(rows[index + 1], 0) if index + 1 < len(rows) else self.grid.height
+
+    def _drop(self, keep_from: int, col: int) -> None:
+        """Keep only the rows from *keep_from* on of the pieces that end left of *col*.
+
+        Later window rows need no other rows of them: a piece above *keep_from* is
+        dropped, a full one keeping at most half its rows is trimmed (copied into
+        half-size buffers). Freed buffers take later pieces, once read (a reader
+        may still fill a piece that no window needed).
+        """
+        for key in [key for key in self._pieces if self.col_edges[key[1] + 1] <= col]:
+            piece = self._pieces[key]
+            top, bottom = piece.window.row_off, piece.window.row_off + piece.window.height
+            if bottom <= keep_from:
+                del self._pieces[key]
+                if piece.done:
+                    self._free[piece.half].append(piece.buffers)
+            elif top < keep_from and self._trims(piece, bottom - keep_from):
+                self._pieces[key] = self._trim(piece, keep_from)
+
+    def _trims(self, piece: _Piece, rows: int) -> bool:
+        """Whether to trim *piece* to its last *rows* rows: read, full-size, and at most half kept."""
+        read = piece.done and isinstance(piece.result, tuple)
+        return read and not piece.half and 2 * rows <= self.group_rows
+
+    def _trim(self, piece: _Piece, top: int) -> _Piece:
+        """Return the rows of read *piece* from scene row *top* on, in half-size buffers."""
+        win = piece.window
+        skip = top - win.row_off
+        rest = Window(win.col_off, top, win.width, win.height - skip)
+        bands = len(self.reader.indexes)
+        part = _Piece(rest, self._take_buffers(half=True), bands, half=True)
+        part.result = tuple(
+            None if old is None else new
+            for old, new in zip(piece.result, part.out[:3], strict=True)
+        )
+        for old, new in zip(piece.result, part.result, strict=True):
+            if old is not None:
+                np.copyto(new, old[..., skip:, :])
+        part.done = True
+        self._free[False].append(piece.buffers)
+        return part
+
+    def _window_pieces(self, strip: Strip, col: int, rows: int, width: int) -> list[_Piece]:
+        """Return the read pieces of a window of *strip*, reading ahead of it.
+
+        Pieces that neither this window nor a later one needs are dropped first.
+
+        Raises:
+            RuntimeError: If a piece the window needs was dropped: the windows of
+                a strip were cut out of order, or after the next strip was requested.
+        """
+        self._drop(self._keep_from(strip.index), max(col, 0))
+        groups, cols = self._span(strip.top, col, rows, width)
+        keys = [(g, j) for g in groups for j in cols]
+        self._submit_through(max(self._order[key] for key in keys) + self.ahead)
+        if any(key not in self._pieces for key in keys):
+            raise RuntimeError("cut the windows of a strip left to right, before the next strip")
+        pieces = [self._pieces[key] for key in keys]
+        for piece in pieces:
+            self._wait(piece)
+        return pieces
+
+    def _take_buffers(self, half: bool = False) -> tuple[np.ndarray | None, ...]:
+        """Flat buffers for one piece (or half one): those of a dropped one, else new ones."""
+        if self._free[half]:
+            return self._free[half].pop()
+        rows = self.group_rows // 2 if half else self.group_rows
+        area = rows * int(np.diff(self.col_edges).max())
+        masked = not self.all_valid
+        return (
+            np.empty(len(self.reader.indexes) * area, dtype=self._raw_dtype),
+            np.empty(area, dtype=bool) if masked else None,
+            np.empty(area, dtype=np.float32) if self.reader.dsm is not None else None,
+            np.empty(area, dtype=np.uint8) if masked else None,
+        )
 
     def _wait(self, piece: _Piece) -> tuple:
         with self._cond:
@@ -286,25 +500,11 @@ class StripReader:
         return piece.result
 
     def __iter__(self) -> Iterator[Strip]:
-        """Yield the strips in window-row order, each once its pieces are read."""
-        grid = self.grid
-        wh = grid.window[0]
-        self._start()
-        rows = grid.rows
-        for i, top in enumerate(rows):
-            a, b = max(top, 0), min(top + wh, grid.height)
-            self._submit_until(b + self.lookahead)
-            pieces = [
-                piece
-                for g in range(a // self.group_rows, (b - 1) // self.group_rows + 1)
-                for piece in self._pieces[g]
-            ]
-            for piece in pieces:
-                self._wait(piece)
-            yield Strip(i, top, pieces, self)
-            keep_from = max(rows[i + 1], 0) if i + 1 < len(rows) else grid.height
-            for g in [g for g in self._pieces if (g + 1) * self.group_rows <= keep_from]:
-                del self._pieces[g]
+        """Yield the strips in window-row order; pieces are read as their windows are cut."""
+        self.start()
+        for i, top in enumerate(self.grid.rows):
+            yield Strip(i, top, self)
+            self._drop(self._keep_from(i), self.grid.width)
 
     def ones(self, rows: int, cols: int) -> np.ndarray:
         """A shared, read-only all-valid mask."""
@@ -322,3 +522,4 @@ class StripReader:
             worker.join()
         self._workers = []
         self._pieces = {}
+        self._free = {False: [], True: []}

@@ -2,10 +2,11 @@
 
 A :class:`HostBatch` holds up to ``batch_size`` raw windows (the scene's dtype) in
 host memory, pinned on CUDA, and the order of every grid window it stands for
-(skipped windows included). A small :class:`BatchPool` of them lets the batching
-thread fill one while the device works on the previous: on CUDA the copy to the
-device runs on its own stream and the buffer returns to the pool once that copy is
-done. Finished uint8 rows come back with :func:`to_host` (non-blocking, into pinned
+(skipped windows included); the batching thread cuts each window straight into
+its slot (:meth:`HostBatch.slot`). A small :class:`BatchPool` of them lets the
+batching thread fill one while the device works on the previous: on CUDA the copy
+to the device runs on its own stream and the buffer returns to the pool once that
+copy is done. Finished uint8 rows come back with :func:`to_host` (non-blocking, into pinned
 memory, with an event to wait on).
 """
 
@@ -156,6 +157,32 @@ class HostBatch:
     def skip(self) -> None:
         """Record a skipped grid window."""
         self.slots.append(-1)
+
+    def slot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Return ``(image, valid, height)`` views of the next window's buffers.
+
+        Write a window into them, then :meth:`keep` it. ``image`` is ``(C, h, w)``,
+        a transposed view of the pixel-interleaved buffer; ``height`` is ``None``
+        without a height band.
+        """
+        n = self.count
+        height = None if self._height is None else self._height[n]
+        return self._image[n].transpose(2, 0, 1), self._valid[n], height
+
+    def keep(self) -> bool:
+        """Hold the window written into :meth:`slot`, or skip it if no pixel is valid.
+
+        Returns:
+            Whether the window is held.
+        """
+        valid = self._valid[self.count]
+        if not valid.any():
+            self.skip()
+            return False
+        self.masked.append(not valid.all())
+        self.slots.append(self.count)
+        self.count += 1
+        return True
 
     def add(self, image: np.ndarray, valid: np.ndarray, height: np.ndarray | None) -> None:
         """Copy one window in."""

@@ -26,9 +26,10 @@ def test_null_model_benchmark_reports_stages_and_floor(tmp_path: Path) -> None:
     bench = load_benchmark("predict_throughput")
     out = tmp_path / "null.json"
     args = ["--null-model", "--device", "cpu", "--scene-size", "600", "--window", "128"]
-    args += ["--overlap", "32", "--output", str(out), "--work", str(tmp_path)]
+    args += ["--overlap", "32", "--repeats", "2", "--output", str(out), "--work", str(tmp_path)]
     assert bench.main(args) == 0
     report = json.loads(out.read_text())
+    assert len(report["ratios"]) == len(report["floor_ratios"]) == 2
     assert report["model"].startswith("one 1x1 conv")
     assert report["end_to_end"]["windows_run"] == report["end_to_end"]["windows"] == 49
     assert set(report["stage_ms"]) == {

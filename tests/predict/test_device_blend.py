@@ -193,3 +193,39 @@ def test_normaliser_equals_numpy(dtype: str, with_height: bool) -> None:
             image, torch.from_numpy(valid), None if height is None else torch.from_numpy(height)
         )
         np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_chunked_blend_finalise_and_normalise_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cache-sized chunks of rows (the CPU path) give the sums and bands of whole blocks."""
+    grid = WindowGrid(150, 230, (40, 48), (12, 16))
+    rng = np.random.default_rng(3)
+    logits = [rng.standard_normal((4, 40, 48), dtype=np.float32) for _ in range(len(grid))]
+    valid = [rng.random((40, 48)) > 0.2 for _ in range(len(grid))]
+
+    def blend(chunk_bytes: int) -> dict[str, np.ndarray]:
+        bands: dict[str, np.ndarray] = {}
+
+        def sink(row: int, col: int, s: torch.Tensor, w: torch.Tensor) -> None:
+            chunk_pixels = 7 * w.shape[1] if chunk_bytes < 1 << 20 else None
+            for kind, band in finalise(s, w, KINDS, chunk_pixels=chunk_pixels).items():
+                out = bands.setdefault(kind, np.zeros((*band.shape[:-2], 150, 230), np.uint8))
+                out[..., row : row + w.shape[0], col : col + w.shape[1]] = band.numpy()
+
+        blender = StreamingBlender(grid, 4, sink)
+        blender.chunk_bytes = chunk_bytes
+        for lg, v in zip(logits, valid, strict=True):
+            blender.push(lg, v)
+        blender.close()
+        return bands
+
+    whole, chunked = blend(1 << 30), blend(4 * 48 * 4 * 5)
+    for kind in KINDS:
+        np.testing.assert_array_equal(whole[kind], chunked[kind])
+
+    raw = torch.from_numpy(rng.integers(0, 255, (2, 32, 32, 4), dtype=np.uint8)).permute(0, 3, 1, 2)
+    mean = np.full((4, 1, 1), 100, np.float32)
+    inv_std = np.full((4, 1, 1), 1 / 37, np.float32)
+    expected = InputNormaliser(mean, inv_std, torch.device("cpu"))(raw).clone()
+    monkeypatch.setattr("geoct.predict.device_blend.CPU_CHUNK_PIXELS", 64 * 5)
+    got = InputNormaliser(mean, inv_std, torch.device("cpu"))(raw)
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())

@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
+from rasterio.enums import ColorInterp
 
 from geoct.cli import main
 from geoct.errors import InputError
@@ -19,6 +20,7 @@ from geoct.predict.device_blend import InputNormaliser
 from geoct.predict.engine import PredictOptions, predict_scene, scene_grid
 from geoct.predict.reader import SceneReader
 from geoct.predict.strips import StripReader
+from geoct.predict.transfer import HostBatch
 from geoct.predict.windows import WindowGrid
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(checkpoint's GSD|warping).*:UserWarning")
@@ -51,16 +53,40 @@ def tiled_scene(data: ModuleType, path: Path, height: int, width: int, block: in
     return classes
 
 
-def assert_strips_match_windowed_reads(reader: SceneReader, grid: WindowGrid, threads: int):
+def assert_cut_into_batch_equals(strip, col: int, batch: HostBatch, window: tuple) -> None:
+    """Cutting the window at *col* into a batch slot gives the arrays of ``strip.window``."""
+    image, valid, height = window
+    batch.reset()
+    slot = batch.slot()
+    slot[0][...] = image + 1  # every value must be overwritten
+    slot[1][...] = ~valid
+    if height is not None:
+        slot[2][...] = height + 1
+    strip.cut(col, *slot)
+    np.testing.assert_array_equal(batch.image[0].numpy(), image.transpose(1, 2, 0))
+    np.testing.assert_array_equal(batch.valid[0].numpy(), valid)
+    if height is not None:
+        np.testing.assert_array_equal(batch.height[0].numpy(), height)
+    assert batch.keep() == valid.any()
+    assert batch.slots == [0 if valid.any() else -1]
+    assert batch.masked == ([not valid.all()] if valid.any() else [])
+
+
+def assert_strips_match_windowed_reads(
+    reader: SceneReader, grid: WindowGrid, threads: int, lookahead: int | None = None
+):
     normalise = InputNormaliser(reader.mean, reader.inv_std, torch.device("cpu"))
     wh, ww = grid.window
-    lookahead = wh if threads > 1 else 0
+    lookahead = (wh if threads > 1 else 0) if lookahead is None else lookahead
     with StripReader(reader, grid, threads=threads, lookahead=lookahead) as strips:
+        channels, dsm = len(reader.indexes), reader.dsm is not None
+        batch = HostBatch(1, channels, grid.window, strips.dtype, dsm, pinned=False)
         seen = 0
         for strip, row in zip(strips, grid.rows, strict=True):
             assert strip.top == row
             for col in grid.cols:
                 image, valid, height = strip.window(col, ww)
+                assert_cut_into_batch_equals(strip, col, batch, (image, valid, height))
                 expected, expected_valid = reader.read(row, col, wh, ww)
                 np.testing.assert_array_equal(valid, expected_valid)
                 if expected is None:
@@ -173,20 +199,95 @@ def test_strips_on_a_vrt_mosaic(data: ModuleType, tmp_path: Path) -> None:
         assert_strips_match_windowed_reads(reader, WindowGrid(60, 70, (32, 32), (8, 8)), 3)
 
 
+def _masked_scene(data: ModuleType, path: Path, kind: str) -> None:
+    """A 130 x 150 scene whose left columns and one pixel are nodata, found by *kind*."""
+    image = data.COLOURS[data.class_map(130, 150)].transpose(2, 0, 1).copy()
+    image[:, :, :23] = 0
+    image[:, 70, 90] = 0
+    extra: dict = {"nodata": 0} if kind in ("masks", "nodata") else {}
+    if kind == "alpha":
+        alpha = np.where(image[:1] == 0, 0, 200).astype(image.dtype)
+        image = np.concatenate([image, alpha])
+    with rasterio.open(path, "w", **_profile(data, image, 16, **extra)) as dst:
+        if kind in ("nodata", "alpha"):
+            dst.colorinterp = [ColorInterp.gray] * (len(image) - 1) + [ColorInterp.alpha]
+        if kind == "nodata":
+            dst.set_band_description(4, "IR")  # the alpha band is data: mask by value
+        dst.write(image)
+
+
+@pytest.mark.filterwarnings("ignore:.*shadowing the alpha band:UserWarning")
+@pytest.mark.parametrize("kind", ["none", "masks", "nodata", "alpha", "dsm"])
+def test_piece_buffers_are_reused(data: ModuleType, tmp_path: Path, monkeypatch, kind: str) -> None:
+    """With one block per piece, buffers of dropped pieces take later pieces.
+
+    About a window row of pieces is held: those of the row groups the window row
+    touches, plus those read ahead (2 per thread); passed pieces of which later
+    window rows need at most half the rows are trimmed to them.
+    """
+    monkeypatch.setattr("geoct.predict.strips.MIN_PIECE_ROWS", 1)
+    monkeypatch.setattr("geoct.predict.strips.MIN_PIECE_COLS", 1)
+    taken, halves, original = [], [], StripReader._take_buffers
+
+    def take(self, half=False):
+        buffers = original(self, half)
+        (halves if half else taken).append(id(buffers[0]))
+        return buffers
+
+    monkeypatch.setattr(StripReader, "_take_buffers", take)
+    scene = tmp_path / "scene.tif"
+    _masked_scene(data, scene, kind if kind != "dsm" else "none")
+    dsm, spec = None, data.SPEC
+    if kind == "dsm":
+        height = np.random.default_rng(0).random((130, 150)).astype(np.float32) * 30
+        height[40:50, 60:75] = -9999
+        dsm, spec = data.write_raster(tmp_path / "dsm.tif", height, nodata=-9999), data.HEIGHT_SPEC
+    with SceneReader(scene, spec, dsm) as reader:
+        assert reader.mask_mode == ("none" if kind == "dsm" else kind)
+        grid = WindowGrid(130, 150, (37, 41), (9, 6))
+        assert_strips_match_windowed_reads(reader, grid, 3, lookahead=0)
+    groups, pieces, ahead = 9, 10, 6  # 16 px blocks, 3 threads
+    assert len(taken) == groups * pieces
+    assert len(set(taken)) <= (-(-37 // 16) + 1) * pieces + ahead
+    assert halves  # trimmed pieces
+
+
+def test_windows_cut_out_of_order_are_refused(
+    data: ModuleType, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr("geoct.predict.strips.MIN_PIECE_ROWS", 1)
+    monkeypatch.setattr("geoct.predict.strips.MIN_PIECE_COLS", 1)
+    tiled_scene(data, tmp_path / "scene.tif", 130, 150)
+    with SceneReader(tmp_path / "scene.tif", data.SPEC) as reader:
+        grid = WindowGrid(130, 150, (32, 32), (8, 8))
+        with StripReader(reader, grid, threads=2) as strips:
+            rows = iter(strips)
+            first = next(rows)
+            first.window(grid.cols[-1], 32)
+            with pytest.raises(RuntimeError, match="left to right"):
+                first.window(0, 32)
+            second = next(rows)
+            second.window(0, 32)
+            with pytest.raises(RuntimeError, match="before the next strip"):
+                first.window(grid.cols[-1], 32)
+
+
 def test_each_pixel_is_read_once(data: ModuleType, tmp_path: Path, monkeypatch) -> None:
     tiled_scene(data, tmp_path / "scene.tif", 217, 300)
     areas = []
     original = SceneReader._read_raw
 
-    def counting(self, win, src=None, dsm=None):
+    def counting(self, win, *args, **kwargs):
         areas.append((int(win.row_off), int(win.col_off), int(win.height), int(win.width)))
-        return original(self, win, src, dsm)
+        return original(self, win, *args, **kwargs)
 
     monkeypatch.setattr(SceneReader, "_read_raw", counting)
     with SceneReader(tmp_path / "scene.tif", data.SPEC) as reader:
         grid = WindowGrid(217, 300, (64, 64), (16, 16))
         with StripReader(reader, grid, threads=3) as strips:
-            assert sum(1 for _ in strips) == len(grid.rows)
+            for strip in strips:
+                for col in grid.cols:
+                    strip.window(col, 64)
     covered = np.zeros((217, 300), int)
     for r, c, h, w in areas:
         covered[r : r + h, c : c + w] += 1
