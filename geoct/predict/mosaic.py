@@ -20,6 +20,7 @@ from a counter in torch.distributed's store (:mod:`~geoct.predict.distributed`).
 
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -145,6 +146,9 @@ class MosaicPredictor:
         checkpoint: Checkpoint file, for provenance.
         follow_up: Called with each tile's result inside its output set (STAC item...).
         follow_up_paths: Extra files *follow_up* writes for a tile's class raster.
+        dsm: Height raster for a checkpoint with a height band: one raster (a
+            VRT of DSM tiles, say) for the whole mosaic, read unresampled where it
+            is on the mosaic's pixel grid.
     """
 
     model: torch.nn.Module
@@ -155,6 +159,7 @@ class MosaicPredictor:
     checkpoint: Path | None = None
     follow_up: Callable[[PredictionResult], None] | None = None
     follow_up_paths: Callable[[Path], list[Path]] = lambda classes: []
+    dsm: Path | None = None
 
     def __post_init__(self) -> None:
         self.sha256 = file_sha256(self.checkpoint) if self.checkpoint else None
@@ -172,7 +177,7 @@ class MosaicPredictor:
             with atomic_output(self.input_vrt(), overwrite=True) as tmp:
                 tmp.write_text(vrt_xml(self.mosaic, self.out_dir))
         workers.barrier()
-        with SceneReader(self.input_vrt(), self.spec, None, self.options.values) as reader:
+        with SceneReader(self.input_vrt(), self.spec, self.dsm, self.options.values) as reader:
             _check_gsd(reader, self.spec, self.options.match_gsd)
             self.grid = scene_grid(reader, self.spec, self.options)
             self.statistics = reader.statistics
@@ -259,22 +264,28 @@ class MosaicPredictor:
         try:
             with (
                 rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB << 20, GDAL_PAM_ENABLED="NO"),
-                SceneReader(vrt, self.spec, None, values) as reader,
+                warnings.catch_warnings(),
             ):
-                writer = PredictionWriter(
-                    paths,
-                    Grid(self.mosaic.crs, transform, int(w.width), int(w.height)),
-                    self.spec.classes,
-                    self.tags | {"MOSAIC_WINDOW": f"{w.col_off},{w.row_off},{w.width},{w.height}"},
-                )
-                cropped = _Cropped(writer, int(w.row_off) - origin[0], int(w.col_off) - origin[1])
-                try:
-                    windows_run, stages = _stream(
-                        reader, grid, self.predictor, cropped, self.batch_size, False
+                # A DSM off the mosaic's grid was reported once, by prepare().
+                warnings.filterwarnings("ignore", ".*not on the grid of .*; warping it")
+                with SceneReader(vrt, self.spec, self.dsm, values) as reader:
+                    writer = PredictionWriter(
+                        paths,
+                        Grid(self.mosaic.crs, transform, int(w.width), int(w.height)),
+                        self.spec.classes,
+                        self.tags
+                        | {"MOSAIC_WINDOW": f"{w.col_off},{w.row_off},{w.width},{w.height}"},
                     )
-                    written = writer.publish(overwrite=True)
-                finally:
-                    writer.close()
+                    cropped = _Cropped(
+                        writer, int(w.row_off) - origin[0], int(w.col_off) - origin[1]
+                    )
+                    try:
+                        windows_run, stages = _stream(
+                            reader, grid, self.predictor, cropped, self.batch_size, False
+                        )
+                        written = writer.publish(overwrite=True)
+                    finally:
+                        writer.close()
         finally:
             vrt.unlink(missing_ok=True)
         outputs = {**written, "style": _write_style(paths.classes, self.spec)}

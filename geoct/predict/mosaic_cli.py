@@ -86,8 +86,8 @@ def predict_mosaic_command(args: argparse.Namespace) -> int:
 
     if args.output is not None:
         raise ConfigError("--output cannot be used with --mosaic (outputs go to OUT_DIR)")
-    if args.dsm is not None:
-        raise ConfigError("--dsm is not supported with --mosaic yet")
+    if args.dsm is not None and not args.dsm.exists():
+        raise InputError(args.dsm, "DSM not found")
     if not args.checkpoint.is_file():
         raise InputError(args.checkpoint, "checkpoint not found")
     options = options_from_args(args)
@@ -96,6 +96,7 @@ def predict_mosaic_command(args: argparse.Namespace) -> int:
         raise InputError(args.mosaic, "is not a folder")
     args.mosaic.mkdir(parents=True, exist_ok=True)
     sources = {t.path.resolve() for t in mosaic.tiles} | {args.checkpoint.resolve()}
+    sources |= {args.dsm.resolve()} if args.dsm is not None else set()
     if args.report is not None:
         check_output(args.report, args.overwrite)
     tile_args = _tile_args(args)
@@ -112,6 +113,7 @@ def predict_mosaic_command(args: argparse.Namespace) -> int:
             args.checkpoint,
             follow_up=(lambda result: _after(result, tile_args)) if args.stac else None,
             follow_up_paths=lambda classes: list(follow_up_paths(classes, tile_args).values()),
+            dsm=args.dsm,
         )
         for tile in mosaic.tiles:
             if any(p.resolve() in sources for p in predictor.tile_outputs(tile)):

@@ -104,8 +104,30 @@ def mask_mode(src: rasterio.io.DatasetReaderBase, indexes: list[int]) -> str:
     return "masks"
 
 
-def open_dsm(path: str | Path, scene: rasterio.DatasetReader, scene_path: Path):
+def grid_offset(
+    src: rasterio.io.DatasetReaderBase, scene: rasterio.io.DatasetReaderBase
+) -> tuple[int, int] | None:
+    """Return the ``(row, col)`` of *scene*'s first pixel in *src*, if both share one pixel grid.
+
+    The grids are shared when the CRS and the pixel size and orientation are equal and
+    the origins lie a whole number of pixels apart (to 1e-6 pixel); else ``None``.
+    """
+    t, u = src.transform, scene.transform
+    if src.crs != scene.crs or (t.a, t.b, t.d, t.e) != (u.a, u.b, u.d, u.e):
+        return None
+    col, row = ~t @ (u.c, u.f)
+    r, c = round(row), round(col)
+    return (r, c) if abs(row - r) < 1e-6 and abs(col - c) < 1e-6 else None
+
+
+def open_dsm(
+    path: str | Path, scene: rasterio.DatasetReader, scene_path: Path
+) -> tuple[rasterio.io.DatasetReaderBase, tuple[int, int]]:
     """Open a DSM/nDSM on the grid of *scene*, warping it on the fly if needed.
+
+    A DSM on the scene's pixel grid but of another extent (one DSM, or a VRT of DSM
+    tiles, for all the tiles of a mosaic) is read as it is, at an offset: no pixel is
+    resampled. Parts outside it are nodata.
 
     Args:
         path: The DSM raster (band 1 is used).
@@ -113,7 +135,8 @@ def open_dsm(path: str | Path, scene: rasterio.DatasetReader, scene_path: Path):
         scene_path: Scene path, for messages.
 
     Returns:
-        A dataset on exactly the scene grid (the DSM itself or a WarpedVRT).
+        A dataset on the scene's pixel grid (the DSM itself or a WarpedVRT) and the
+        ``(row, col)`` of the scene's first pixel in it.
     """
     path = Path(path)
     dsm = open_raster(path, georeferenced=True)
@@ -122,18 +145,27 @@ def open_dsm(path: str | Path, scene: rasterio.DatasetReader, scene_path: Path):
     if min(right, s.right) <= max(left, s.left) or min(top, s.top) <= max(bottom, s.bottom):
         dsm.close()
         raise AlignmentError(path, f"does not overlap the scene {scene_path.name}")
-    same_grid = (
-        dsm.crs == scene.crs and dsm.transform == scene.transform and dsm.shape == scene.shape
-    )
-    if same_grid:
-        return dsm
+    offset = grid_offset(dsm, scene)
+    if offset is not None:
+        return dsm, offset
     warnings.warn(
         f"{path}: not on the grid of {scene_path.name}; warping it to the scene grid (bilinear)",
         stacklevel=2,
     )
     nodata = dsm.nodata if dsm.nodata is not None else -3.0e38
-    return warp_to_grid(
+    warped = warp_to_grid(
         dsm, scene, Resampling.bilinear, src_nodata=dsm.nodata, nodata=nodata, dtype="float32"
+    )
+    return warped, (0, 0)
+
+
+def _inside(win: Window, height: int, width: int) -> bool:
+    """Whether *win* lies within a raster of *height* x *width* pixels."""
+    return (
+        win.row_off >= 0
+        and win.col_off >= 0
+        and win.row_off + win.height <= height
+        and win.col_off + win.width <= width
     )
 
 
@@ -186,6 +218,8 @@ class SceneReader:
         self.spec = spec
         self.src = open_raster(self.path, georeferenced=True)
         self.dsm = None
+        #: ``(row, col)`` of the scene's first pixel in :attr:`dsm`.
+        self.dsm_offset = (0, 0)
         try:
             #: Ground pixel size ``(x, y)`` in metres at the scene centre (:func:`ground_size`).
             self.ground_size = ground_size(self.src)
@@ -200,7 +234,7 @@ class SceneReader:
                     f"{dsm}: the checkpoint uses no height band; ignoring --dsm", stacklevel=2
                 )
             elif dsm is not None:
-                self.dsm = open_dsm(dsm, self.src, self.path)
+                self.dsm, self.dsm_offset = open_dsm(dsm, self.src, self.path)
             mean, std = normalisation(
                 self.src, self.indexes, spec, self.path, values or ValueOptions()
             )
@@ -310,9 +344,13 @@ class SceneReader:
                     np.logical_and(valid, alpha, out=valid)
         if dsm is None:
             return data, valid, None
-        with read_errors(Path(getattr(dsm, "src_dataset", dsm).name), win):
-            np.logical_and(valid, dsm.read_masks(1, window=win, out=scratch), out=valid)
-            height = dsm.read(1, window=win, out_dtype="float32", out=height)
+        row, col = self.dsm_offset
+        at = Window(win.col_off + col, win.row_off + row, win.width, win.height)
+        with read_errors(Path(getattr(dsm, "src_dataset", dsm).name), at):
+            boundless = not _inside(at, dsm.height, dsm.width)
+            mask = dsm.read_masks(1, window=at, out=scratch, boundless=boundless)
+            np.logical_and(valid, mask, out=valid)
+            height = dsm.read(1, window=at, out_dtype="float32", out=height, boundless=boundless)
         return data, valid, height
 
     def close(self) -> None:

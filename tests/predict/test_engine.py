@@ -321,3 +321,35 @@ def test_wrong_model_output_is_reported(data: ModuleType, tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="logits of shape"):
         predict_scene(torch.nn.Conv2d(4, 3, 1), data.SPEC, tmp_path / "scene.tif", options=FAST)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
+def test_dsm_on_the_scene_grid_with_another_extent_is_read_at_an_offset(
+    data: ModuleType, tmp_path: Path
+) -> None:
+    """A larger or partial DSM on the same pixel grid is read unresampled; outside it is nodata."""
+    data.write_scene(tmp_path / "scene.tif", 30, 40)
+    height = np.zeros((50, 60), np.float32)
+    height[:, 7 + 23 :] = 20.0  # scene column 23 on
+    data.write_raster(
+        tmp_path / "big.tif", height, transform=data.TRANSFORM @ Affine.translation(-7, -5)
+    )
+    data.write_raster(
+        tmp_path / "left.tif", height[5:35, 7:37], transform=data.TRANSFORM, nodata=-9999
+    )
+    options = PredictOptions(window=16, overlap=4, progress=False, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", ".*checkpoint's GSD")
+        big = predict_scene(
+            HeightModel(), data.HEIGHT_SPEC, tmp_path / "scene.tif", dsm=tmp_path / "big.tif",
+            options=options,
+        )  # fmt: skip
+        left = predict_scene(
+            HeightModel(), data.HEIGHT_SPEC, tmp_path / "scene.tif", dsm=tmp_path / "left.tif",
+            output=tmp_path / "left.classes.tif", options=options,
+        )  # fmt: skip
+    expected = np.zeros((30, 40), np.uint8)
+    expected[:, 23:] = 1
+    np.testing.assert_array_equal(read(big.outputs["classes"])[0], expected)
+    expected[:, 30:] = 255
+    np.testing.assert_array_equal(read(left.outputs["classes"])[0], expected)

@@ -4,12 +4,14 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 import rasterio
+import torch
 from affine import Affine
 
 from geoct.cli import main
@@ -187,3 +189,73 @@ def test_torchrun_two_processes_equal_one(checkpoint: Path, tiles: list[Path], t
     expected = tile_files(single)
     assert tile_files(double).keys() == expected.keys()
     assert all((tile_files(double)[k] == v).all() for k, v in expected.items())
+
+
+class _ColourHeightModel(torch.nn.Module):
+    """The colour model's logits, plus the height channel pushing classes 0 and 1 apart."""
+
+    def __init__(self, colour: torch.nn.Module) -> None:
+        super().__init__()
+        self.colour = colour
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.colour(x[:, :4]) * 0.1
+        h = x[:, 4:5]
+        return logits + torch.cat([-h, h, *(torch.zeros_like(h) for _ in range(4))], dim=1)
+
+
+def test_dsm_mosaic_equals_one_scene_bit_for_bit(
+    data: ModuleType, mosaic_data: ModuleType, tiles: list[Path], tmp_path: Path
+) -> None:
+    """One DSM larger than the mosaic, on its grid, is read at each tile's offset, unresampled."""
+    grid = mosaic_grid(tiles)
+    rng = np.random.default_rng(5)
+    height = (rng.random((grid.height + 9, grid.width + 4)) * 20).astype(np.float32)
+    dsm = tmp_path / "dsm.tif"
+    data.write_raster(dsm, height, transform=grid.transform @ Affine.translation(-3, -6))
+    model = _ColourHeightModel(data.ColourModel())
+    out = tmp_path / "out"
+    out.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", ".*checkpoint's GSD")
+        predictor = MosaicPredictor(model, data.HEIGHT_SPEC, grid, out, OPTIONS, dsm=dsm)
+        workers = Workers()
+        predictor.prepare(workers)
+        run = predictor.run(workers, keep_going=False, progress=False)
+        vrt = tmp_path / "all.vrt"
+        vrt.write_text(vrt_xml(grid, tmp_path))
+        whole = predict_scene(model, data.HEIGHT_SPEC, vrt, dsm=dsm, options=OPTIONS)
+    assert (run.done, run.failed) == (8, {})
+    classes, confidence = read(whole.outputs["classes"]), read(whole.outputs["confidence"])
+    assert 0 < (classes == 1).mean() < 1
+    for tile in grid.tiles:
+        w = tile.window
+        region = np.s_[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width]
+        assert (read(out / f"{tile.name}.classes.tif") == classes[region]).all()
+        assert (read(out / f"{tile.name}.confidence.tif") == confidence[region]).all()
+
+
+def test_cli_mosaic_with_dsm_equals_one_scene(
+    data: ModuleType, tiles: list[Path], tmp_path: Path, capsys
+) -> None:
+    checkpoint = data.save_checkpoint(tmp_path / "height.ckpt", data.HEIGHT_SPEC)
+    grid = mosaic_grid(tiles)
+    rng = np.random.default_rng(6)
+    dsm = tmp_path / "dsm.tif"
+    height = (rng.random((grid.height, grid.width)) * 20).astype(np.float32)
+    data.write_raster(dsm, height, transform=grid.transform)
+    out = tmp_path / "out"
+    assert main([*cli_args(tiles, out, checkpoint), "--dsm", str(dsm)]) == 0, (
+        capsys.readouterr().err
+    )
+    vrt = tmp_path / "all.vrt"
+    vrt.write_text(vrt_xml(grid, tmp_path))
+    args = ["predict", str(vrt), "--checkpoint", str(checkpoint), "--dsm", str(dsm)]
+    assert main([*args, "--window", "64", "--batch-size", "2", "--device", "cpu", "--quiet"]) == 0
+    whole = read(tmp_path / "all.classes.tif")
+    for tile in grid.tiles:
+        w = tile.window
+        region = np.s_[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width]
+        assert (read(out / f"{tile.name}.classes.tif") == whole[region]).all()
+    assert 0 < (whole == 255).mean() < 0.5
