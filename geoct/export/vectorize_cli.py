@@ -5,7 +5,8 @@ from pathlib import Path
 
 from .class_raster import add_raster_options, classes_option
 from .messages import report_warnings
-from .vectorize import DEFAULT_GPKG_VERSION, GPKG_VERSIONS, vectorize_raster
+from .vector_layers import DEFAULT_GPKG_VERSION, GPKG_VERSIONS
+from .vectorize import vectorize_raster
 
 
 def default_output(classes_path: Path) -> Path:

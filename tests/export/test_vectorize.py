@@ -20,7 +20,8 @@ from geoct.classes import ClassTable
 from geoct.cli import main as geoct_main
 from geoct.errors import AlignmentError, InputError, OutputExistsError
 from geoct.export.sidecars import vector_style_paths
-from geoct.export.vectorize import map_tolerance, style_name, vectorize_raster
+from geoct.export.vector_layers import style_name
+from geoct.export.vectorize import map_tolerance, vectorize_raster
 from geoct.export.vectorize_cli import default_output
 
 PIXEL_AREA = 0.25

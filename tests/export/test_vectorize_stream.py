@@ -15,8 +15,9 @@ from scipy import ndimage
 
 from geoct.classes import ClassTable
 from geoct.cli import main as geoct_main
-from geoct.export import vectorize
-from geoct.export.vectorize import VectorizeStats, vectorize_raster
+from geoct.export import polygonize, vector_layers
+from geoct.export.polygonize import VectorizeStats
+from geoct.export.vectorize import vectorize_raster
 
 CLASSES = ClassTable(("bare", "field", "water"), ((200, 50, 50), (40, 200, 40), (30, 30, 220)))
 ORIGIN = (500_000.0, 5_800_000.0)
@@ -129,9 +130,9 @@ def test_open_polygons_are_held_in_row_parts(tmp_path: Path, raster_writer) -> N
     squares = np.kron(rng.random((86, 43)) < 0.5, np.pad(np.ones((3, 3), bool), ((1, 2), (1, 2))))
     data = squares[:512, :256].astype(np.uint8)  # isolated fields: the background is connected
     raster = raster_writer(tmp_path / "bg.tif", data, classes=CLASSES)
-    merger = vectorize.RowMerger()
+    merger = polygonize.RowMerger()
     with rasterio.open(raster) as src:
-        for row, finished in enumerate(vectorize.polygonize_rows(src, None, 64, merger)):
+        for row, finished in enumerate(polygonize.polygonize_rows(src, None, 64, merger)):
             if row < 7:
                 background = merger.open.geoms[np.argmax(shapely.area(merger.open.geoms))]
                 assert shapely.get_num_geometries(background) == row + 1
@@ -150,7 +151,7 @@ def test_batches_are_appended(tmp_path: Path, raster_writer, monkeypatch) -> Non
     data = blobs(200, 300, cell=5, seed=5, nodata=0.1)
     raster = raster_writer(tmp_path / "a.tif", data, classes=CLASSES)
     gpkg = read_layer(vectorize_raster(raster, tmp_path / "one.gpkg", block_size=64))
-    monkeypatch.setattr(vectorize, "WRITE_BATCH", 50)
+    monkeypatch.setattr(vector_layers, "WRITE_BATCH", 50)
     stats = VectorizeStats()
     out = vectorize_raster(raster, tmp_path / "many.gpkg", block_size=32, stats=stats)
     assert stats.writes >= 5 and stats.polygons == len(gpkg)
@@ -173,7 +174,7 @@ def test_failure_mid_stream_leaves_nothing(
     tmp_path: Path, raster_writer, monkeypatch, suffix: str
 ) -> None:
     raster = raster_writer(tmp_path / "a.tif", blobs(200, 100, cell=5), classes=CLASSES)
-    polygonize_row = vectorize.polygonize_row
+    polygonize_row = polygonize.polygonize_row
     rows = []
 
     def fail_at_third_row(*args, **kwargs):
@@ -182,8 +183,8 @@ def test_failure_mid_stream_leaves_nothing(
             raise KeyboardInterrupt
         return polygonize_row(*args, **kwargs)
 
-    monkeypatch.setattr(vectorize, "polygonize_row", fail_at_third_row)
-    monkeypatch.setattr(vectorize, "WRITE_BATCH", 10)  # rows 1 and 2 were appended
+    monkeypatch.setattr(polygonize, "polygonize_row", fail_at_third_row)
+    monkeypatch.setattr(vector_layers, "WRITE_BATCH", 10)  # rows 1 and 2 were appended
     with pytest.raises(KeyboardInterrupt):
         vectorize_raster(raster, tmp_path / f"out{suffix}", block_size=32)
     assert {p.name for p in tmp_path.iterdir()} == {"a.tif"}
