@@ -474,7 +474,7 @@ def predict_scene(
     start = time.perf_counter()
     with (
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB << 20, GDAL_PAM_ENABLED="NO"),
-        SceneReader(scene, spec, dsm, options.values) as reader,
+        SceneReader(scene, spec, dsm, options.values, defer_value_check=True) as reader,
     ):
         paths = OutputPaths.beside(
             scene, Path(output) if output else None, options.confidence, options.probabilities
@@ -540,6 +540,9 @@ def _stream(
 ) -> tuple[int, dict[str, float]]:
     """Run readers, batching, model, blending and writing concurrently.
 
+    A deferred value check of the scene (:attr:`SceneReader.value_check`) samples
+    alongside and is checked as soon as its sample is in, and before returning.
+
     Returns:
         The number of windows run and the seconds spent per stage.
     """
@@ -585,8 +588,11 @@ def _stream(
     model_threads = torch.get_num_threads()
     light_threads = model_threads if predictor.cuda else 1
     workers = (preparing, blending, writing)
+    check = reader.value_check
     try:
         strips.start()
+        if check is not None:
+            check.start(read_lock)
         for worker in workers:
             worker.start()
         torch.set_num_threads(light_threads)
@@ -607,6 +613,10 @@ def _stream(
             windows_run += batch.count
             _put(blends, item, stop, blending)
             bar.update(len(item[1]))
+            if check is not None:
+                check.poll()
+        if check is not None:
+            check.finish()
         for worker, inbox in ((blending, blends), (writing, outbox)):
             _put(inbox, _END, stop, worker)
             worker.join()
@@ -621,6 +631,8 @@ def _stream(
             if worker.is_alive():
                 worker.join()
         strips.close()
+        if check is not None:
+            check.close()
         blender.close()
         bar.close()
     return windows_run, dict(times.seconds)

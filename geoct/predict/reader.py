@@ -27,7 +27,7 @@ from ..errors import AlignmentError, ConfigError, InputError
 from ..geodesy import ground_pixel_size
 from ..metadata import ModelSpec
 from ..raster_io import open_raster, read_errors, warp_to_grid
-from .values import ValueOptions, normalisation
+from .values import ValueCheck, ValueOptions, needs_check, normalisation
 
 #: Relative difference between scene and checkpoint GSD above which a warning is given.
 GSD_TOLERANCE = 0.10
@@ -204,6 +204,7 @@ class SceneReader:
         spec: ModelSpec,
         dsm: str | Path | None = None,
         values: ValueOptions | None = None,
+        defer_value_check: bool = False,
     ) -> None:
         """Open and check a scene, its bands and values, and its DSM companion.
 
@@ -213,6 +214,8 @@ class SceneReader:
             dsm: Height raster, required when ``spec.needs_height``.
             values: How the scene's values are checked and scaled
                 (see :mod:`geoct.predict.values`).
+            defer_value_check: Leave the value check to the caller, as
+                :attr:`value_check`, which the caller must run.
         """
         self.path = Path(scene)
         self.spec = spec
@@ -235,8 +238,13 @@ class SceneReader:
                 )
             elif dsm is not None:
                 self.dsm, self.dsm_offset = open_dsm(dsm, self.src, self.path)
-            mean, std = normalisation(
-                self.src, self.indexes, spec, self.path, values or ValueOptions()
+            values = values or ValueOptions()
+            defer = defer_value_check and needs_check(values)
+            mean, std = normalisation(self.src, self.indexes, spec, self.path, values, not defer)
+            dtype = str(self.src.dtypes[self.indexes[0] - 1])
+            #: The deferred value check (``defer_value_check``), else ``None``.
+            self.value_check = (
+                ValueCheck(self.path, self.indexes, spec, values, dtype) if defer else None
             )
         except BaseException:
             self.close()

@@ -18,7 +18,7 @@ that its blocks are flushed before reads resume.
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,6 +74,10 @@ class SharedLock:
 class TileStager:
     """Writes whole uint8 tiles straight into an uncompressed tiled GeoTIFF made by GDAL."""
 
+    #: Receives the first band of each completed row of tiles, ``(row, (h, width))``,
+    #: top to bottom (the overview pyramid of the class raster), or ``None``.
+    on_rows: Callable[[int, np.ndarray], None] | None = None
+
     def __init__(self, path: Path, offsets: np.ndarray, shape: tuple[int, int, int], tile: int):
         """Use :meth:`open`."""
         self.path = path
@@ -85,13 +89,19 @@ class TileStager:
         self._written = 0
 
     @classmethod
-    def open(cls, path: Path) -> "TileStager | None":
+    def open(cls, path: Path, overview: int | None = None) -> "TileStager | None":
         """Return a stager for *path*, or ``None`` if its layout does not allow direct writes.
 
         Direct writes need uint8, square tiles, no compression, pixel interleaving
-        (or one band) and every tile allocated with its full size.
+        (or one band) and every tile allocated with its full size. Only the layout
+        is read, so the CRS is taken from the GeoKeys, not looked up.
+
+        Args:
+            path: The staging file.
+            overview: Write this overview level (0 the finest) instead of the image.
         """
-        with rasterio.open(path) as src:
+        level = {} if overview is None else {"OVERVIEW_LEVEL": overview}
+        with rasterio.Env(GTIFF_SRS_SOURCE="GEOKEYS"), rasterio.open(path, **level) as src:
             tile = src.block_shapes[0][0]
             simple = (
                 src.compression is None
@@ -145,6 +155,14 @@ class TileStager:
                     self._written += 1
             if (filled == [self._area(r, c) for c in range(len(filled))]).all():
                 del self._rows[r]
+                if self.on_rows is not None:
+                    self.on_rows(r * t, self._band_rows(tiles, r))
+
+    def _band_rows(self, tiles: np.ndarray, r: int) -> np.ndarray:
+        """The first band of a row of tiles as ``(h, width)`` rows of the raster."""
+        t = self.tile
+        rows = tiles[:, :, :, 0].transpose(1, 0, 2).reshape(t, -1)
+        return rows[: min(t, self.height - r * t), : self.width]
 
     @property
     def complete(self) -> bool:

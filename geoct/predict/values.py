@@ -1,9 +1,11 @@
 """Checking a scene's pixel values against the value range the model was trained on.
 
 A model trained on 8-bit orthophotos gives confident, wrong classes for uint16
-imagery (values 4x larger) or reflectance in 0..1, without any error. Before a
-scene is predicted, a cheap sample of its valid pixels (a grid of small windows,
-so a 20k px scene costs a few reads) is compared per band with the training data:
+imagery (values 4x larger) or reflectance in 0..1, without any error. A cheap
+sample of a scene's valid pixels (a grid of small windows, so a 20k px scene costs
+a few reads) is compared per band with the training data, before the scene is
+predicted or, in ``geoct predict``, while its first windows are
+(:class:`ValueCheck`), and always before anything is published:
 
 * when the checkpoint records each band's training ``(min, max)``, a band is out
   of range when its sampled 99.5th percentile lies more than half the training
@@ -22,12 +24,16 @@ scene's own sampled mean and standard deviation instead of the training
 statistics) or ``--force`` (predict anyway, with a warning).
 """
 
+import threading
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from ..errors import ConfigError, InputError
@@ -202,6 +208,7 @@ def normalisation(
     spec: ModelSpec,
     path: Path,
     options: ValueOptions,
+    check: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Check a scene's values and return the per-band mean and std to normalise it with.
 
@@ -215,6 +222,8 @@ def normalisation(
         spec: The model's input contract.
         path: Scene path, for messages.
         options: Scaling and checking options.
+        check: Sample and check the values here; ``False`` leaves the check to a
+            :class:`ValueCheck` (``--rescale`` always samples here).
 
     Returns:
         ``(mean, std)`` float64 arrays over all model bands.
@@ -225,19 +234,106 @@ def normalisation(
     std = np.asarray(spec.std, dtype=np.float64)
     n = len(indexes)
     scale = _scales(options, n)
-    samples = sample_bands(src, indexes)
     if options.rescale:
+        samples = sample_bands(src, indexes)
         if samples is None:
             raise InputError(path, "no valid pixel found to --rescale from")
         mean[:n] = [s.mean for s in samples]
         std[:n] = [s.std if s.std > 1e-6 else 1.0 for s in samples]
         return mean, std
-    if samples is not None:
-        scaled = [
-            BandSample(*(v * k for v in (s.low, s.high, s.median, s.mean, s.std)))
-            for s, k in zip(samples, scale, strict=True)
-        ]
-        check_values(scaled, spec, str(src.dtypes[indexes[0] - 1]), path, options.force)
+    if check:
+        ValueCheck(path, indexes, spec, options, str(src.dtypes[indexes[0] - 1])).run(src)
     mean[:n] /= scale
     std[:n] /= scale
     return mean, std
+
+
+def needs_check(options: ValueOptions) -> bool:
+    """Whether a scene read with *options* has its values checked (not rescaled, not a tile)."""
+    return options.statistics is None and not options.rescale
+
+
+class ValueCheck:
+    """The value check of one scene, run here or sampled in a background thread.
+
+    ``geoct predict`` samples while its first windows are read and predicted,
+    so the check costs no wall time: :meth:`start` reads the sample in a thread,
+    :meth:`poll` checks it once it is in, and :meth:`finish` waits for it, so an
+    out-of-range scene is refused within a few batches and before any output is
+    published. The check itself (the refusal or the ``--force`` warning) always
+    runs in the calling thread.
+    """
+
+    def __init__(
+        self, path: Path, indexes: list[int], spec: ModelSpec, options: ValueOptions, dtype: str
+    ) -> None:
+        """Prepare the check of scene *path* (bands *indexes*, data type *dtype*)."""
+        self.path = path
+        self.indexes = indexes
+        self.spec = spec
+        self.scale = _scales(options, len(indexes))
+        self.force = options.force
+        self.dtype = dtype
+        self._thread: threading.Thread | None = None
+        self._result: tuple[list[BandSample] | None, BaseException | None] | None = None
+        self.done = False
+
+    def run(self, src: rasterio.io.DatasetReaderBase) -> None:
+        """Sample the open scene *src* and check it, here."""
+        self._check(sample_bands(src, self.indexes))
+
+    def start(self, lock: Callable[[], AbstractContextManager] | None = None) -> None:
+        """Open a handle here and sample it in a thread, each read under *lock* if given."""
+        try:
+            with rasterio.Env(GTIFF_SRS_SOURCE="GEOKEYS"):
+                src = rasterio.open(self.path)
+        except RasterioIOError as e:
+            raise InputError(self.path, f"cannot open: {e}") from None
+        self._thread = threading.Thread(
+            target=self._sample, args=(src, lock), name="value-check", daemon=True
+        )
+        self._thread.start()
+
+    def _sample(
+        self,
+        src: rasterio.io.DatasetReaderBase,
+        lock: Callable[[], AbstractContextManager] | None,
+    ) -> None:
+        try:
+            with src, lock() if lock is not None else nullcontext():
+                self._result = sample_bands(src, self.indexes), None
+        except BaseException as e:
+            self._result = None, e
+
+    def poll(self) -> None:
+        """Check the sample if it is in (raising or warning as :func:`check_values`)."""
+        if not self.done and self._thread is not None and not self._thread.is_alive():
+            self.finish()
+
+    def finish(self) -> None:
+        """Wait for the sample, if started, and check it."""
+        if self.done:
+            return
+        if self._thread is None:
+            raise RuntimeError("the value check was not started")
+        self._thread.join()
+        self.done = True
+        samples, error = self._result or (None, RuntimeError("the value sample was lost"))
+        if error is not None:
+            raise error
+        self._check(samples)
+
+    def close(self) -> None:
+        """Wait for a started sample without checking it (when prediction stopped early)."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def _check(self, samples: list[BandSample] | None) -> None:
+        self.done = True
+        if samples is None:
+            return
+        scaled = [
+            BandSample(*(v * k for v in (s.low, s.high, s.median, s.mean, s.std)))
+            for s, k in zip(samples, self.scale, strict=True)
+        ]
+        check_values(scaled, self.spec, self.dtype, self.path, self.force)

@@ -3,8 +3,11 @@
 Finished uint8 blocks (finalised on the model's device, see
 :mod:`~geoct.predict.device_blend`) are written while prediction runs into
 uncompressed tiled GeoTIFFs staged in the output folder, as whole tiles without
-GDAL (:mod:`~geoct.predict.staging`). Publishing builds the overviews in the
-staged file with GDAL's overview code, then copies it with those overviews to a
+GDAL (:mod:`~geoct.predict.staging`). The class raster's ``mode`` overviews are
+built from its rows as they are written, into overview levels the staging file
+is created with (:mod:`~geoct.predict.overviews`, GDAL's result exactly).
+Publishing builds the other outputs' overviews in their staged files with GDAL's
+overview code, then copies each staged file with its overviews to a
 COG (DEFLATE, 512 px tiles, BigTIFF if needed), both multi-threaded, under a
 temporary name that is renamed.
 
@@ -44,6 +47,7 @@ from rasterio.enums import Resampling
 
 from ..classes import ClassTable
 from ..raster_io import atomic_output
+from .overviews import ModePyramid
 from .staging import GdalStager, SharedLock, TileStager
 
 #: Nodata value of the class raster.
@@ -174,6 +178,12 @@ class PredictionWriter:
     #: Seconds spent publishing (overviews and COG copies).
     publish_seconds: float = 0.0
 
+    #: The class raster's overviews built while writing (see :meth:`begin`), or ``None``.
+    pyramid: ModePyramid | None = None
+
+    #: Writers of the class raster's overview levels, finest first.
+    overview_tiles: tuple[TileStager, ...] | list[TileStager] = ()
+
     def __init__(
         self, paths: OutputPaths, grid: Grid, classes: ClassTable, tags: dict[str, Any]
     ) -> None:
@@ -189,6 +199,9 @@ class PredictionWriter:
         self.grid = grid
         self.classes = classes
         self.tags = {k: str(v) for k, v in tags.items()}
+        levels = overview_count(grid.width, grid.height)
+        #: Overview decimation factors of every output.
+        self.factors = [2**i for i in range(1, levels + 1)]
         self.stages: dict[str, tuple[Path, rasterio.io.DatasetWriter]] = {}
         try:
             for kind, path in paths.items():
@@ -221,6 +234,8 @@ class PredictionWriter:
             }[kind],
         }
         dst = rasterio.open(stage, "w", **profile)
+        if kind == "classes" and self.factors:
+            dst.build_overviews(self.factors, Resampling.nearest)
         dst.update_tags(**self.tags)
         names = self.classes.names
         if kind == "classes":
@@ -260,8 +275,34 @@ class PredictionWriter:
             kind: TileStager.open(stage) or GdalStager(stage, lock)
             for kind, (stage, _) in self.stages.items()
         }
+        self._stream_overviews()
         gdal = any(isinstance(t, GdalStager) for t in self.tiles.values())
         return lock.shared if gdal else None
+
+    def _stream_overviews(self) -> None:
+        """Build the class raster's mode overviews from its rows as they are written.
+
+        The staging file was given its overview levels when created; each level's
+        tiles are written like the image's (see :mod:`~geoct.predict.overviews`).
+        """
+        classes = self.tiles.get("classes")
+        if not self.factors or not isinstance(classes, TileStager):
+            return
+        stage = self.stages["classes"][0]
+        levels = [TileStager.open(stage, overview=k) for k in range(len(self.factors))]
+        if not all(levels):
+            for level in levels:
+                if level is not None:
+                    level.close()
+            return
+        self.overview_tiles = levels
+        self.pyramid = ModePyramid(
+            (classes.height, classes.width),
+            [(level.height, level.width) for level in levels],
+            CLASS_NODATA,
+            [lambda row, rows, level=level: level.write(row, 0, rows[None]) for level in levels],
+        )
+        classes.on_rows = self.pyramid.push
 
     def write(self, row: int, col: int, bands: dict[str, np.ndarray]) -> None:
         """Write one finished block of every output into the staging files.
@@ -290,16 +331,17 @@ class PredictionWriter:
         start = time.perf_counter()
         if self.tiles is None:
             self.begin()
-        for stager in self.tiles.values():
+        stagers = [*self.tiles.values(), *self.overview_tiles]
+        for stager in stagers:
             stager.close()
-        if not all(stager.complete for stager in self.tiles.values()):
+        if not all(stager.complete for stager in stagers):
             raise RuntimeError("prediction stopped before every output tile was written")
         written = {}
-        levels = overview_count(self.grid.width, self.grid.height)
-        factors = [2**i for i in range(1, levels + 1)]
+        factors = self.factors
+        streamed = {"classes"} if self.pyramid is not None else set()
         with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
             for kind, (stage, _) in self.stages.items():
-                if factors:
+                if factors and kind not in streamed:
                     with rasterio.open(stage, "r+") as dst:
                         dst.build_overviews(factors, self.OVERVIEW_RESAMPLING[kind])
                 path = getattr(self.paths, kind)
@@ -323,7 +365,7 @@ class PredictionWriter:
 
     def close(self) -> None:
         """Close and delete the staging files."""
-        for stager in (self.tiles or {}).values():
+        for stager in [*(self.tiles or {}).values(), *self.overview_tiles]:
             stager.close()
         for stage, dst in self.stages.values():
             with contextlib.suppress(Exception):

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +17,7 @@ from rasterio.enums import ColorInterp
 
 from geoct.cli import main
 from geoct.errors import InputError
+from geoct.predict import values as value_checks
 from geoct.predict.engine import PredictOptions, predict_scene, scene_grid
 from geoct.predict.reader import SceneReader
 from geoct.predict.values import ValueOptions
@@ -101,6 +103,34 @@ def test_uint16_and_unit_floats_are_refused_then_scaled(
         options = dataclasses.replace(FAST, values=ValueOptions(force=True), overwrite=True)
         with pytest.warns(UserWarning, match="--force"):
             predict_scene(data.ColourModel(), range_spec, tmp_path / name, options=options)
+
+
+def test_value_check_samples_beside_prediction_and_refuses_before_publishing(
+    data: ModuleType, range_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = []
+    sample = value_checks.sample_bands
+
+    def recording(src, indexes):
+        threads.append(threading.current_thread().name)
+        return sample(src, indexes)
+
+    monkeypatch.setattr(value_checks, "sample_bands", recording)
+    data.write_scene(tmp_path / "byte.tif", 150, 130, seed=5)
+    with rasterio.open(tmp_path / "byte.tif") as src:
+        data.write_raster(tmp_path / "uint16.tif", src.read().astype(np.uint16) * 4)
+    result = predict_scene(data.ColourModel(), range_spec, tmp_path / "byte.tif", options=FAST)
+    assert threads == ["value-check"] and result.windows > 4 * FAST.batch_size
+    with pytest.raises(InputError, match=r"uint16\.tif: uint16 values out of the range"):
+        predict_scene(data.ColourModel(), range_spec, tmp_path / "uint16.tif", options=FAST)
+    assert threads == ["value-check"] * 2
+    written = {"byte.classes.tif", "byte.classes.tif.aux.xml", "byte.classes.qml"}
+    assert {p.name for p in tmp_path.iterdir()} == {"byte.tif", "uint16.tif", *written}
+    with SceneReader(tmp_path / "byte.tif", range_spec) as reader:
+        assert reader.value_check is None
+    assert threads[-1] == "MainThread"
+    with pytest.raises(InputError, match="out of the range"):
+        SceneReader(tmp_path / "uint16.tif", range_spec)
 
 
 def test_same_range_float_and_old_checkpoints(data: ModuleType, range_spec, tmp_path) -> None:
