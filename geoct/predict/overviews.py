@@ -21,6 +21,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+#: Overview pixels computed at once: their planes stay in the core's cache between operations.
+CHUNK_PIXELS = 1 << 16
+
 #: ``sink(row, rows)`` receives finished ``(h, width)`` rows of one level, top to bottom.
 RowSink = Callable[[int, np.ndarray], None]
 
@@ -140,10 +143,15 @@ class ModeLevel:
         available = self._base + len(self._pending)
         last = int(np.searchsorted(self.rows[1], available, side="right"))
         if last > self._next:
-            start, stop = self.rows[0][self._next : last], self.rows[1][self._next : last]
-            out = window_mode(
-                self._pending, (start - self._base, stop - self._base), self.cols, self.nodata
-            )
+            out = np.empty((last - self._next, len(self.cols[0])), dtype=np.uint8)
+            step = max(1, CHUNK_PIXELS // out.shape[1])
+            for first in range(self._next, last, step):
+                end = min(first + step, last)
+                start, stop = self.rows[0][first:end], self.rows[1][first:end]
+                src = self._pending[start[0] - self._base : stop[-1] - self._base]
+                out[first - self._next : end - self._next] = window_mode(
+                    src, (start - start[0], stop - start[0]), self.cols, self.nodata
+                )
             self.sink(self._next, out)
             self._next = last
         keep = int(self.rows[0][self._next]) if self._next < self.height else available
