@@ -1,20 +1,26 @@
-"""Mode overviews of the class raster, built while prediction streams, exactly as GDAL builds them.
+"""Overviews of the class and confidence rasters, built while prediction streams, as GDAL builds them.
 
-Building ``mode`` overviews at the end is serial work on the finished raster:
-GDAL's byte mode zeroes a 256-entry histogram for every overview pixel, about a
-tenth of a second per 4k x 4k scene and seconds for a 20k one. Here each level is
-built from the rows of the level below as they are finished, in the writer thread,
-and written into overview IFDs that the staging file was given up front.
+Building overviews at the end is serial work on the finished raster: GDAL's byte
+``mode`` zeroes a 256-entry histogram for every overview pixel, about a tenth of
+a second per 4k x 4k scene and seconds for a 20k one, and ``average`` costs
+about as much. Here each level is built from the rows of the level below as they
+are finished, in the writer thread, and written into overview IFDs that the
+staging file was given up front.
 
-The result is GDAL's, pixel for pixel (``GDALResampleChunk_Mode`` in GDAL 3.12):
+The results are GDAL's, pixel for pixel (``GDALResampleChunk_Mode`` and
+``GDALResampleChunk_AverageOrRMS_T`` in GDAL 3.12):
 
 * level *k* is computed from level *k - 1* (level 0 being the raster);
 * along each axis, overview pixel *i* of a level of *m* pixels built from *n* takes
   the source pixels ``floor(i r + 1e-8)`` to ``ceil((i + 1) r - 1e-8)`` (exclusive,
   at least one, clipped to the source) with ``r = n / m`` in double precision, so
   windows are 2 x 2 when *n* is even and up to 3 x 3 otherwise;
-* the window's pixels are visited row by row, nodata skipped, and the value that
-  first reaches the highest count wins (nodata when all are nodata).
+* ``mode`` visits the window's pixels row by row, skips nodata, and keeps the
+  value that first reaches the highest count (nodata when all are nodata);
+* ``average`` weighs the window's first and last pixel along each axis by the
+  share of it inside the window (:func:`edge_weights`), sums the valid pixels in
+  float64 in GDAL's order and rounds half up; nodata where none is valid, and the
+  value next to nodata where the average rounds to nodata.
 """
 
 from collections.abc import Callable
@@ -26,6 +32,12 @@ CHUNK_PIXELS = 1 << 16
 
 #: ``sink(row, rows)`` receives finished ``(h, width)`` rows of one level, top to bottom.
 RowSink = Callable[[int, np.ndarray], None]
+
+#: Windows along one axis: ``(start, stop, first weight, last weight)`` per overview pixel.
+Axis = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+#: ``resample(src, rows, cols)``: one level's ``(len(rows), len(cols))`` pixels from *src* rows.
+Resample = Callable[[np.ndarray, Axis, Axis], np.ndarray]
 
 
 def source_windows(source: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +56,31 @@ def source_windows(source: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     stop = np.ceil((index + 1) * ratio - 1e-8).astype(np.int64)
     stop = np.where(stop == start, stop + 1, stop)
     return np.clip(start, 0, source), np.minimum(stop, source)
+
+
+def edge_weights(source: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the weights GDAL's ``average`` gives the first and the last pixel of each window.
+
+    A window's inner pixels weigh 1; its first weighs the share of it inside the
+    window (1 for a one-pixel window), its last likewise (see :func:`source_windows`).
+
+    Args:
+        source: Source pixels along the axis.
+        size: Overview pixels along the axis.
+
+    Returns:
+        ``(first, last)`` float64 arrays of length *size*.
+    """
+    ratio = source / size
+    index = np.arange(size, dtype=np.float64)
+    start, stop = source_windows(source, size)
+    first = np.where(stop == start + 1, 1.0, 1 - (index * ratio - start))
+    return first, 1 - (stop - (index + 1) * ratio)
+
+
+def axis_windows(source: int, size: int) -> Axis:
+    """:func:`source_windows` and :func:`edge_weights` of one axis."""
+    return (*source_windows(source, size), *edge_weights(source, size))
 
 
 def _halving(start: np.ndarray, stop: np.ndarray) -> bool:
@@ -76,24 +113,21 @@ def _pixels(
 
 
 def window_mode(
-    src: np.ndarray,
-    rows: tuple[np.ndarray, np.ndarray],
-    cols: tuple[np.ndarray, np.ndarray],
-    nodata: int,
+    src: np.ndarray, rows: tuple[np.ndarray, ...], cols: tuple[np.ndarray, ...], nodata: int
 ) -> np.ndarray:
     """GDAL's mode of uint8 *src* over the windows *rows* x *cols* (see the module notes).
 
     Args:
         src: ``(h, w)`` uint8 source rows.
-        rows: ``(start, stop)`` source rows of each output row, within *src*.
-        cols: ``(start, stop)`` source columns of each output column.
+        rows: ``(start, stop, ...)`` source rows of each output row, within *src*.
+        cols: ``(start, stop, ...)`` source columns of each output column.
         nodata: The nodata value, skipped, and the result of all-nodata windows.
 
     Returns:
         ``(len(rows[0]), len(cols[0]))`` uint8 modes.
     """
     shape = (len(rows[0]), len(cols[0]))
-    planes = _pixels(src, rows, cols, nodata)
+    planes = _pixels(src, rows[:2], cols[:2], nodata)
     first, counted = planes[0]
     best = np.where(counted, first, np.uint8(nodata))
     top = counted.astype(np.uint8)
@@ -112,23 +146,33 @@ def window_mode(
     return best
 
 
-class ModeLevel:
+def mode(nodata: int) -> Resample:
+    """GDAL's ``mode`` with *nodata* (:func:`window_mode`)."""
+    return lambda src, rows, cols: window_mode(src, rows, cols, nodata)
+
+
+def average(nodata: int) -> Resample:
+    """GDAL's ``average`` with *nodata* (:func:`window_average`)."""
+    return lambda src, rows, cols: window_average(src, rows, cols, nodata)
+
+
+class OverviewLevel:
     """One overview level, built from the finished rows of the level below as they come."""
 
     def __init__(
-        self, source: tuple[int, int], size: tuple[int, int], nodata: int, sink: RowSink
+        self, source: tuple[int, int], size: tuple[int, int], resample: Resample, sink: RowSink
     ) -> None:
         """Prepare a level.
 
         Args:
             source: ``(height, width)`` of the level below.
             size: ``(height, width)`` of this level.
-            nodata: Nodata value.
+            resample: Computes this level's pixels (:func:`mode`, :func:`average`).
             sink: Receives this level's finished rows.
         """
-        self.rows = source_windows(source[0], size[0])
-        self.cols = source_windows(source[1], size[1])
-        self.nodata = nodata
+        self.rows = axis_windows(source[0], size[0])
+        self.cols = axis_windows(source[1], size[1])
+        self.resample = resample
         self.sink = sink
         self.height = size[0]
         self._pending = np.empty((0, source[1]), dtype=np.uint8)
@@ -147,15 +191,14 @@ class ModeLevel:
             step = max(1, CHUNK_PIXELS // out.shape[1])
             for first in range(self._next, last, step):
                 end = min(first + step, last)
-                start, stop = self.rows[0][first:end], self.rows[1][first:end]
+                start, stop, *weights = (a[first:end] for a in self.rows)
                 src = self._pending[start[0] - self._base : stop[-1] - self._base]
-                out[first - self._next : end - self._next] = window_mode(
-                    src, (start - start[0], stop - start[0]), self.cols, self.nodata
-                )
+                window = (start - start[0], stop - start[0], *weights)
+                out[first - self._next : end - self._next] = self.resample(src, window, self.cols)
             self.sink(self._next, out)
             self._next = last
         keep = int(self.rows[0][self._next]) if self._next < self.height else available
-        self._pending = self._pending[keep - self._base :]
+        self._pending = self._pending[keep - self._base :].copy()
         self._base = keep
 
     @property
@@ -164,34 +207,34 @@ class ModeLevel:
         return self._next == self.height
 
 
-class ModePyramid:
-    """Every mode overview level of a raster, fed its finished rows top to bottom."""
+class OverviewPyramid:
+    """Every overview level of a raster, fed its finished rows top to bottom."""
 
     def __init__(
         self,
         size: tuple[int, int],
         levels: list[tuple[int, int]],
-        nodata: int,
+        resample: Resample,
         sinks: list[RowSink],
     ) -> None:
-        """Chain one :class:`ModeLevel` per overview level.
+        """Chain one :class:`OverviewLevel` per overview level.
 
         Args:
             size: ``(height, width)`` of the raster.
             levels: ``(height, width)`` of each overview, finest first.
-            nodata: Nodata value.
+            resample: Computes a level from the one below (:func:`mode`, :func:`average`).
             sinks: Receives each level's finished rows, one per level.
         """
-        self.levels: list[ModeLevel] = []
+        self.levels: list[OverviewLevel] = []
         below = size
         for shape, sink in zip(levels, sinks, strict=True):
-            self.levels.append(ModeLevel(below, shape, nodata, sink))
+            self.levels.append(OverviewLevel(below, shape, resample, sink))
             below = shape
         for lower, upper in zip(self.levels, self.levels[1:], strict=False):
             lower.sink = self._chain(lower.sink, upper)
 
     @staticmethod
-    def _chain(sink: RowSink, upper: ModeLevel) -> RowSink:
+    def _chain(sink: RowSink, upper: OverviewLevel) -> RowSink:
         def both(row: int, rows: np.ndarray) -> None:
             sink(row, rows)
             upper.push(row, rows)
@@ -207,3 +250,74 @@ class ModePyramid:
     def complete(self) -> bool:
         """Whether every level is complete."""
         return all(level.complete for level in self.levels)
+
+
+def window_average(
+    src: np.ndarray,
+    rows: tuple[np.ndarray, ...],
+    cols: tuple[np.ndarray, ...],
+    nodata: int,
+) -> np.ndarray:
+    """GDAL's ``average`` of uint8 *src* with a nodata value over the windows *rows* x *cols*.
+
+    Valid pixels are summed row by row, each weighted by its row's and column's
+    edge weights (:func:`edge_weights`), in GDAL's order and in float64; the result
+    is ``int(total / weight + 0.5)``, nodata where no pixel is valid, and the value
+    next to nodata where it rounds to nodata.
+
+    Args:
+        src: ``(h, w)`` uint8 source rows.
+        rows: ``(start, stop, first, last)`` of each output row, within *src*.
+        cols: ``(start, stop, first, last)`` of each output column.
+        nodata: The nodata value.
+
+    Returns:
+        ``(len(rows[0]), len(cols[0]))`` uint8 averages.
+    """
+    (r0, r1, rw0, rw1), (c0, c1, cw0, cw1) = rows, cols
+    shape = (len(r0), len(c0))
+    if _halving(r0, r1) and _halving(c0, c1):
+        return _average_pairs(src[: 2 * shape[0], : 2 * shape[1]], nodata)
+    total = np.zeros(shape)
+    weight = np.zeros(shape)
+    count = np.zeros(shape, dtype=np.int64)
+    for dy in range(int((r1 - r0).max())):
+        lines = src[np.minimum(r0 + dy, r1 - 1)]
+        row_in = r0 + dy < r1
+        wy = np.where(dy == 0, rw0, np.where(r0 + dy + 1 == r1, rw1, 1.0))[:, None]
+        line_total = np.zeros(shape)
+        line_weight = np.zeros(shape)
+        for dx in range(int((c1 - c0).max())):
+            values = lines[:, np.minimum(c0 + dx, c1 - 1)]
+            ok = (values != nodata) & row_in[:, None] & (c0 + dx < c1)[None, :]
+            wx = np.where(dx == 0, cw0, np.where(c0 + dx + 1 == c1, cw1, 1.0))[None, :]
+            line_total += np.where(ok, values * wx, 0.0)
+            line_weight += np.where(ok, wx, 0.0)
+            count += ok
+        total += line_total * wy
+        weight += line_weight * wy
+    out = (total / np.where(count > 0, weight, 1.0) + 0.5).astype(np.uint8)
+    out[out == nodata] = nodata + 1 if nodata < 255 else nodata - 1
+    out[count == 0] = nodata
+    return out
+
+
+def _average_pairs(src: np.ndarray, nodata: int) -> np.ndarray:
+    """:func:`window_average` over 2 x 2 windows, in integers.
+
+    Every weight is 1, so the float64 sum is the exact integer sum, and
+    ``int(sum / n + 0.5)`` is ``(2 sum + n) // 2n`` (no quotient of at most four
+    values lies near a rounding boundary).
+    """
+    total = np.zeros((src.shape[0] // 2, src.shape[1] // 2), dtype=np.uint16)
+    count = np.zeros(total.shape, dtype=np.uint16)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            values = src[dy::2, dx::2]
+            valid = values != nodata
+            total += values * valid
+            count += valid
+    out = ((2 * total + count) // np.maximum(2 * count, 1)).astype(np.uint8)
+    out[out == nodata] = nodata + 1 if nodata < 255 else nodata - 1
+    out[count == 0] = nodata
+    return out

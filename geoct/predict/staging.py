@@ -125,10 +125,11 @@ class TileStager:
         return cls(path, offsets, shape, tile)
 
     def _tile_row(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``(tile, columns, count)`` pixels of row of tiles *r*, and each tile's pixels filled."""
         if r not in self._rows:
             cols = self.offsets.shape[1]
-            tiles = np.zeros((cols, self.tile, self.tile, self.count), dtype=np.uint8)
-            self._rows[r] = tiles, np.zeros(cols, dtype=np.int64)
+            band = np.zeros((self.tile, cols * self.tile, self.count), dtype=np.uint8)
+            self._rows[r] = band, np.zeros(cols, dtype=np.int64)
         return self._rows[r]
 
     def _area(self, r: int, c: int) -> int:
@@ -144,25 +145,20 @@ class TileStager:
         _, h, w = data.shape
         for r in range(row // t, (row + h - 1) // t + 1):
             r0, r1 = max(row, r * t), min(row + h, (r + 1) * t)
-            tiles, filled = self._tile_row(r)
+            band, filled = self._tile_row(r)
+            band[r0 - r * t : r1 - r * t, col : col + w] = data[:, r0 - row : r1 - row].transpose(
+                1, 2, 0
+            )
             for c in range(col // t, (col + w - 1) // t + 1):
-                c0, c1 = max(col, c * t), min(col + w, (c + 1) * t)
-                part = data[:, r0 - row : r1 - row, c0 - col : c1 - col]
-                tiles[c, r0 - r * t : r1 - r * t, c0 - c * t : c1 - c * t] = part.transpose(1, 2, 0)
-                filled[c] += (r1 - r0) * (c1 - c0)
+                filled[c] += (r1 - r0) * (min(col + w, (c + 1) * t) - max(col, c * t))
                 if filled[c] == self._area(r, c):
-                    os.pwrite(self.fd, tiles[c], int(self.offsets[r, c]))
+                    tile = np.ascontiguousarray(band[:, c * t : (c + 1) * t])
+                    os.pwrite(self.fd, tile, int(self.offsets[r, c]))
                     self._written += 1
             if (filled == [self._area(r, c) for c in range(len(filled))]).all():
                 del self._rows[r]
                 if self.on_rows is not None:
-                    self.on_rows(r * t, self._band_rows(tiles, r))
-
-    def _band_rows(self, tiles: np.ndarray, r: int) -> np.ndarray:
-        """The first band of a row of tiles as ``(h, width)`` rows of the raster."""
-        t = self.tile
-        rows = tiles[:, :, :, 0].transpose(1, 0, 2).reshape(t, -1)
-        return rows[: min(t, self.height - r * t), : self.width]
+                    self.on_rows(r * t, band[: min(t, self.height - r * t), : self.width, 0])
 
     @property
     def complete(self) -> bool:

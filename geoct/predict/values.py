@@ -123,8 +123,8 @@ def sample_bands(src: rasterio.io.DatasetReaderBase, indexes: list[int]) -> list
         with read_errors(Path(src.name), window):
             data = src.read(indexes, window=window, masked=True)
         valid = ~np.ma.getmaskarray(data).any(axis=0)
-        chunks.append(data.data[:, valid].astype(np.float64))
-    values = np.concatenate(chunks, axis=1)
+        chunks.append(data.data[:, valid])
+    values = np.concatenate(chunks, axis=1).astype(np.float64)
     values = values[:, np.isfinite(values).all(axis=0)]
     if values.shape[1] == 0:
         return None

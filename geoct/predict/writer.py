@@ -47,7 +47,9 @@ from rasterio.enums import Resampling
 
 from ..classes import ClassTable
 from ..raster_io import atomic_output
-from .overviews import ModePyramid
+from .overviews import OverviewPyramid, Resample
+from .overviews import average as overview_average
+from .overviews import mode as overview_mode
 from .staging import GdalStager, SharedLock, TileStager
 
 #: Nodata value of the class raster.
@@ -172,16 +174,30 @@ class PredictionWriter:
         "probabilities": Resampling.average,
     }
 
+    #: Nodata value of each output.
+    NODATA = {
+        "classes": CLASS_NODATA,
+        "confidence": CONFIDENCE_NODATA,
+        "probabilities": PROBABILITY_NODATA,
+    }
+
     #: Writers of the staging files, by output kind (see :meth:`begin`).
     tiles: dict[str, TileStager | GdalStager] | None = None
 
     #: Seconds spent publishing (overviews and COG copies).
     publish_seconds: float = 0.0
 
-    #: The class raster's overviews built while writing (see :meth:`begin`), or ``None``.
-    pyramid: ModePyramid | None = None
+    #: Outputs whose overviews are built while writing (:mod:`~geoct.predict.overviews`),
+    #: with their resampling; the others' are built by GDAL when publishing.
+    STREAMED_OVERVIEWS: dict[str, Callable[[int], Resample]] = {
+        "classes": overview_mode,
+        "confidence": overview_average,
+    }
 
-    #: Writers of the class raster's overview levels, finest first.
+    #: Overviews built while writing, by output kind (see :meth:`begin`).
+    pyramids: dict[str, OverviewPyramid] | None = None
+
+    #: Writers of those overview levels, finest first.
     overview_tiles: tuple[TileStager, ...] | list[TileStager] = ()
 
     def __init__(
@@ -227,14 +243,10 @@ class PredictionWriter:
             "interleave": "pixel",
             "photometric": "MINISBLACK",
             "BIGTIFF": "IF_NEEDED",
-            "nodata": {
-                "classes": CLASS_NODATA,
-                "confidence": CONFIDENCE_NODATA,
-                "probabilities": PROBABILITY_NODATA,
-            }[kind],
+            "nodata": self.NODATA[kind],
         }
         dst = rasterio.open(stage, "w", **profile)
-        if kind == "classes" and self.factors:
+        if kind in self.STREAMED_OVERVIEWS and self.factors:
             dst.build_overviews(self.factors, Resampling.nearest)
         dst.update_tags(**self.tags)
         names = self.classes.names
@@ -280,29 +292,32 @@ class PredictionWriter:
         return lock.shared if gdal else None
 
     def _stream_overviews(self) -> None:
-        """Build the class raster's mode overviews from its rows as they are written.
+        """Build the overviews of :attr:`STREAMED_OVERVIEWS` from the rows as they are written.
 
-        The staging file was given its overview levels when created; each level's
+        Their staging files were given overview levels when created; each level's
         tiles are written like the image's (see :mod:`~geoct.predict.overviews`).
         """
-        classes = self.tiles.get("classes")
-        if not self.factors or not isinstance(classes, TileStager):
-            return
-        stage = self.stages["classes"][0]
-        levels = [TileStager.open(stage, overview=k) for k in range(len(self.factors))]
-        if not all(levels):
-            for level in levels:
-                if level is not None:
-                    level.close()
-            return
-        self.overview_tiles = levels
-        self.pyramid = ModePyramid(
-            (classes.height, classes.width),
-            [(level.height, level.width) for level in levels],
-            CLASS_NODATA,
-            [lambda row, rows, level=level: level.write(row, 0, rows[None]) for level in levels],
-        )
-        classes.on_rows = self.pyramid.push
+        self.pyramids, self.overview_tiles = {}, []
+        for kind, resample in self.STREAMED_OVERVIEWS.items():
+            image = self.tiles.get(kind)
+            if not self.factors or not isinstance(image, TileStager):
+                continue
+            stage = self.stages[kind][0]
+            levels = [TileStager.open(stage, overview=k) for k in range(len(self.factors))]
+            self.overview_tiles += [level for level in levels if level is not None]
+            if not all(levels):
+                continue
+            pyramid = OverviewPyramid(
+                (image.height, image.width),
+                [(level.height, level.width) for level in levels],
+                resample(self.NODATA[kind]),
+                [
+                    lambda row, rows, level=level: level.write(row, 0, rows[None])
+                    for level in levels
+                ],
+            )
+            image.on_rows = pyramid.push
+            self.pyramids[kind] = pyramid
 
     def write(self, row: int, col: int, bands: dict[str, np.ndarray]) -> None:
         """Write one finished block of every output into the staging files.
@@ -338,7 +353,7 @@ class PredictionWriter:
             raise RuntimeError("prediction stopped before every output tile was written")
         written = {}
         factors = self.factors
-        streamed = {"classes"} if self.pyramid is not None else set()
+        streamed = set(self.pyramids or ())
         with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
             for kind, (stage, _) in self.stages.items():
                 if factors and kind not in streamed:

@@ -1,4 +1,4 @@
-"""Mode overviews built while streaming equal GDAL's, level by level, pixel for pixel."""
+"""Overviews built while streaming equal GDAL's mode and average, level by level, pixel for pixel."""
 
 from pathlib import Path
 from types import ModuleType
@@ -9,19 +9,29 @@ import rasterio
 from rasterio.enums import Resampling
 
 from geoct.predict.engine import PredictOptions, predict_scene
-from geoct.predict.overviews import ModePyramid, source_windows, window_mode
-from geoct.predict.writer import CLASS_NODATA, overview_count
+from geoct.predict.overviews import (
+    OverviewPyramid,
+    average,
+    edge_weights,
+    mode,
+    source_windows,
+    window_mode,
+)
+from geoct.predict.writer import CLASS_NODATA, CONFIDENCE_NODATA, overview_count
 
 
-def gdal_mode_overviews(path: Path, classes: np.ndarray, profile: dict) -> list[np.ndarray]:
-    """Write *classes* as a paletted GeoTIFF, let GDAL build its mode overviews, read them."""
-    h, w = classes.shape
+def gdal_overviews(
+    path: Path, band: np.ndarray, profile: dict, resampling: Resampling = Resampling.mode
+) -> list[np.ndarray]:
+    """Write *band* as a paletted GeoTIFF, let GDAL build its overviews, read them back."""
+    h, w = band.shape
     factors = [2**i for i in range(1, overview_count(w, h) + 1)]
     with rasterio.open(path, "w", width=w, height=h, **profile) as dst:
-        dst.write(classes, 1)
-        dst.write_colormap(1, {i: (i, 2 * i, 3 * i, 255) for i in range(8)})
+        dst.write(band, 1)
+        if resampling == Resampling.mode:
+            dst.write_colormap(1, {i: (i, 2 * i, 3 * i, 255) for i in range(8)})
     with rasterio.open(path, "r+") as dst:
-        dst.build_overviews(factors, Resampling.mode)
+        dst.build_overviews(factors, resampling)
     levels = []
     for level in range(len(factors)):
         with rasterio.open(path, OVERVIEW_LEVEL=level) as src:
@@ -29,7 +39,9 @@ def gdal_mode_overviews(path: Path, classes: np.ndarray, profile: dict) -> list[
     return levels
 
 
-def stream_pyramid(classes: np.ndarray, shapes: list[tuple[int, int]], seed: int) -> ModePyramid:
+def stream_pyramid(
+    band: np.ndarray, shapes: list[tuple[int, int]], resample, seed: int
+) -> OverviewPyramid:
     levels = [np.full(shape, 77, dtype=np.uint8) for shape in shapes]
 
     def sink(level: np.ndarray):
@@ -39,12 +51,12 @@ def stream_pyramid(classes: np.ndarray, shapes: list[tuple[int, int]], seed: int
 
         return write
 
-    pyramid = ModePyramid(classes.shape, shapes, CLASS_NODATA, [sink(x) for x in levels])
+    pyramid = OverviewPyramid(band.shape, shapes, resample, [sink(x) for x in levels])
     pyramid.outputs = levels
     rng, row = np.random.default_rng(seed), 0
-    while row < classes.shape[0]:
+    while row < band.shape[0]:
         n = int(rng.choice([1, 2, 3, 17, 512, 700]))
-        pyramid.push(row, classes[row : row + n])
+        pyramid.push(row, band[row : row + n])
         row += n
     return pyramid
 
@@ -56,6 +68,9 @@ def test_source_windows_are_gdal_s() -> None:
     assert start.tolist() == [0, 1, 3, 5] and stop.tolist() == [2, 4, 6, 7]
     start, stop = source_windows(1, 1)
     assert start.tolist() == [0] and stop.tolist() == [1]
+    first, last = edge_weights(7, 4)  # windows [0, 1.75), [1.75, 3.5), [3.5, 5.25), [5.25, 7)
+    np.testing.assert_allclose(first, [1, 0.25, 0.5, 0.75])
+    np.testing.assert_allclose(last, [0.75, 0.5, 0.25, 1])
 
 
 def test_window_mode_takes_the_value_first_to_reach_the_highest_count() -> None:
@@ -75,8 +90,11 @@ def test_window_mode_takes_the_value_first_to_reach_the_highest_count() -> None:
     assert modes[:, 0].tolist() == list(blocks.values())
 
 
-@pytest.mark.parametrize("shape", [(1024, 1024), (1001, 515), (600, 601), (257, 1999), (2, 777)])
-def test_streamed_pyramid_equals_gdal_mode(
+SHAPES = [(1024, 1024), (1001, 515), (600, 601), (257, 1999), (2, 777)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_streamed_mode_equals_gdal_s(
     data: ModuleType, tmp_path: Path, shape: tuple[int, int]
 ) -> None:
     rng = np.random.default_rng(sum(shape))
@@ -85,23 +103,43 @@ def test_streamed_pyramid_equals_gdal_mode(
     classes[: shape[0] // 3, : shape[1] // 4] = CLASS_NODATA
     profile = {"driver": "GTiff", "count": 1, "dtype": "uint8", "crs": data.CRS}
     profile |= {"transform": data.TRANSFORM, "nodata": CLASS_NODATA, "tiled": True}
-    expected = gdal_mode_overviews(tmp_path / "gdal.tif", classes, profile)
+    expected = gdal_overviews(tmp_path / "gdal.tif", classes, profile)
     assert expected, "the case needs overviews"
-    pyramid = stream_pyramid(classes, [level.shape for level in expected], seed=shape[1])
+    shapes = [level.shape for level in expected]
+    pyramid = stream_pyramid(classes, shapes, mode(CLASS_NODATA), seed=shape[1])
+    assert pyramid.complete
+    for ours, gdal in zip(pyramid.outputs, expected, strict=True):
+        np.testing.assert_array_equal(ours, gdal)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_streamed_average_equals_gdal_s(
+    data: ModuleType, tmp_path: Path, shape: tuple[int, int]
+) -> None:
+    """Confidence-like values 1..255 with nodata 0, odd sizes (weighted edge pixels) included."""
+    rng = np.random.default_rng(sum(shape) + 1)
+    confidence = rng.integers(1, 256, shape).astype(np.uint8)
+    confidence[rng.random(shape) < 0.2] = CONFIDENCE_NODATA
+    confidence[-(shape[0] // 3) :, : shape[1] // 5] = CONFIDENCE_NODATA
+    profile = {"driver": "GTiff", "count": 1, "dtype": "uint8", "crs": data.CRS}
+    profile |= {"transform": data.TRANSFORM, "nodata": CONFIDENCE_NODATA, "tiled": True}
+    expected = gdal_overviews(tmp_path / "gdal.tif", confidence, profile, Resampling.average)
+    shapes = [level.shape for level in expected]
+    pyramid = stream_pyramid(confidence, shapes, average(CONFIDENCE_NODATA), seed=shape[0])
     assert pyramid.complete
     for ours, gdal in zip(pyramid.outputs, expected, strict=True):
         np.testing.assert_array_equal(ours, gdal)
 
 
 def test_rows_out_of_order_are_refused() -> None:
-    pyramid = ModePyramid((8, 8), [(4, 4)], CLASS_NODATA, [lambda row, rows: None])
+    pyramid = OverviewPyramid((8, 8), [(4, 4)], mode(CLASS_NODATA), [lambda row, rows: None])
     pyramid.push(0, np.zeros((2, 8), dtype=np.uint8))
     with pytest.raises(ValueError, match="in order"):
         pyramid.push(4, np.zeros((2, 8), dtype=np.uint8))
 
 
-def test_predicted_class_overviews_are_gdal_mode(data: ModuleType, tmp_path: Path) -> None:
-    """Through predict_scene: an odd-sized scene with nodata; each COG overview is GDAL's mode."""
+def test_predicted_overviews_are_gdal_s(data: ModuleType, tmp_path: Path) -> None:
+    """Through predict_scene: an odd-sized scene with nodata; every COG overview is GDAL's."""
     scene = tmp_path / "scene.tif"
     truth = data.write_scene(scene, 301, 555, seed=3)
     with rasterio.open(scene, "r+") as dst:
@@ -109,16 +147,19 @@ def test_predicted_class_overviews_are_gdal_mode(data: ModuleType, tmp_path: Pat
         pixels[:, 40:120, 100:260] = 0
         dst.write(pixels)
         dst.nodata = 0
-    options = PredictOptions(window=64, overlap=16, batch_size=4, progress=False)
+    options = PredictOptions(window=64, overlap=16, batch_size=4, progress=False, confidence=True)
     result = predict_scene(data.ColourModel(), data.SPEC, scene, options=options)
-    with rasterio.open(result.outputs["classes"]) as src:
-        classes = src.read(1)
-        assert src.overviews(1) == [2, 4]
-        profile = {k: src.profile[k] for k in ("driver", "count", "dtype", "crs", "transform")}
-    assert (classes[40:120, 100:260] == CLASS_NODATA).all()
-    assert (classes[:40] == truth[:40]).all()
-    profile |= {"driver": "GTiff", "nodata": CLASS_NODATA, "tiled": True}
-    expected = gdal_mode_overviews(tmp_path / "gdal.tif", classes, profile)
-    for level, gdal in enumerate(expected):
-        with rasterio.open(result.outputs["classes"], OVERVIEW_LEVEL=level) as src:
-            np.testing.assert_array_equal(src.read(1), gdal)
+    for kind, resampling in (("classes", Resampling.mode), ("confidence", Resampling.average)):
+        with rasterio.open(result.outputs[kind]) as src:
+            band = src.read(1)
+            assert src.overviews(1) == [2, 4]
+            assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+            profile = {k: src.profile[k] for k in ("count", "dtype", "crs", "transform", "nodata")}
+        assert (band[40:120, 100:260] == src.nodata).all()
+        if kind == "classes":
+            assert (band[:40] == truth[:40]).all()
+        profile |= {"driver": "GTiff", "tiled": True}
+        expected = gdal_overviews(tmp_path / f"gdal-{kind}.tif", band, profile, resampling)
+        for level, gdal in enumerate(expected):
+            with rasterio.open(result.outputs[kind], OVERVIEW_LEVEL=level) as src:
+                np.testing.assert_array_equal(src.read(1), gdal)

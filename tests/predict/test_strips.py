@@ -373,8 +373,9 @@ def test_staging_files_take_direct_tile_writes(data: ModuleType, tmp_path: Path)
     try:
         assert writer.begin() is None
         assert all(isinstance(t, staging.TileStager) for t in writer.tiles.values())
-        assert writer.pyramid is not None
-        assert [(t.height, t.width) for t in writer.overview_tiles] == [(300, 350), (150, 175)]
+        assert set(writer.pyramids) == {"classes", "confidence"}
+        levels = [(300, 350), (150, 175)]
+        assert [(t.height, t.width) for t in writer.overview_tiles] == levels * 2
     finally:
         writer.close()
     assert list(tmp_path.iterdir()) == []
