@@ -286,17 +286,29 @@ def child_rss(size: int, work: Path) -> None:
     print(json.dumps(report))
 
 
-def rss_table(sizes: list[int], work: Path) -> list[dict]:
-    """(e) on CPU: :func:`child_rss` for each size in a fresh process."""
+def rss_table(sizes: list[int], work: Path, repeats: int) -> list[dict]:
+    """(e) on CPU: :func:`child_rss` for each size, *repeats* times, each in a fresh process.
+
+    A run's peak also catches transient buffers (the model's activations, a batch's
+    logits) at whatever moment they coincide, which moves it by a few percent from
+    run to run; each size reports the median of its runs' peaks, and every run.
+    """
     rows = []
     for size in sizes:
         write_scene(work / f"rss_{size}.tif", size)
-        cmd = [sys.executable, __file__, "--child-rss", str(size), "--work", str(work)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        for path in work.glob(f"rss_{size}*"):
-            path.unlink()
-        print(f"  {size:>6} px: peak RSS {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
+        runs = []
+        for _ in range(repeats):
+            cmd = [sys.executable, __file__, "--child-rss", str(size), "--work", str(work)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            runs.append(json.loads(out.strip().splitlines()[-1]))
+            for path in work.glob(f"rss_{size}.classes*"):
+                path.unlink()
+        (work / f"rss_{size}.tif").unlink()
+        peaks = [r["peak_rss_mb"] for r in runs]
+        row = {**runs[0], "peak_rss_mb": statistics.median(peaks), "peaks_rss_mb": peaks}
+        rows.append(row)
+        each = ", ".join(f"{p:.0f}" for p in peaks)
+        print(f"  {size:>6} px: peak RSS {row['peak_rss_mb']:.0f} MB (runs {each})", flush=True)
     return rows
 
 
@@ -359,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forward-windows", type=int, help="windows timed in (a)")
     parser.add_argument("--profile-size", type=int, default=4096, help="scene side of (c) on CUDA")
     parser.add_argument("--sizes", type=int, nargs="*", default=[], help="(e) RSS sizes on CPU")
+    parser.add_argument("--rss-repeats", type=int, default=2, help="(e) runs per size (median)")
     parser.add_argument("--gpu-memory-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temp folder)")
     parser.add_argument(
@@ -404,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.sort(key=lambda r: r["size"])
             memory["gpu"] = rows
         if device.type == "cpu" and args.sizes:
-            memory["rss"] = rss_table(args.sizes, work)
+            memory["rss"] = rss_table(args.sizes, work, args.rss_repeats)
     ratios = {}
     if "gpu" in memory:
         ratios["gpu"] = memory["gpu"][-1]["gpu_peak_bytes"] / memory["gpu"][0]["gpu_peak_bytes"]

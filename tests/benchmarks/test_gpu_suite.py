@@ -44,6 +44,23 @@ def test_null_model_benchmark_reports_stages_and_floor(tmp_path: Path) -> None:
     assert 0 < report["end_to_end"]["publish_seconds"] < report["end_to_end"]["seconds"]
 
 
+@pytest.mark.filterwarnings("ignore:.*checkpoint's GSD:UserWarning")
+def test_memory_table_reports_the_median_of_repeated_runs(tmp_path: Path) -> None:
+    bench = load_benchmark("predict_throughput")
+    out = tmp_path / "rss.json"
+    args = ["--null-model", "--device", "cpu", "--scene-size", "300", "--window", "128"]
+    args += ["--overlap", "32", "--repeats", "1", "--sizes", "300", "600", "--rss-repeats", "2"]
+    assert bench.main([*args, "--output", str(out), "--work", str(tmp_path)]) == 0
+    rows = json.loads(out.read_text())["memory"]["rss"]
+    assert [row["size"] for row in rows] == [300, 600]
+    for row in rows:
+        assert len(row["peaks_rss_mb"]) == 2
+        assert row["peak_rss_mb"] == pytest.approx(sum(row["peaks_rss_mb"]) / 2)
+        assert row["peak_rss_mb"] > row["rss_before_predict_mb"] > 0
+    ratio = json.loads(out.read_text())["memory_ratio"]["rss"]
+    assert ratio == pytest.approx(rows[1]["peak_rss_mb"] / rows[0]["peak_rss_mb"])
+
+
 def test_gpu_suite_smoke_runs_on_cpu(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHON": sys.executable}
     env.pop("OUT", None)
