@@ -4,8 +4,8 @@ Building overviews at the end is serial work on the finished raster: GDAL's byte
 ``mode`` zeroes a 256-entry histogram for every overview pixel, about a tenth of
 a second per 4k x 4k scene and seconds for a 20k one, and ``average`` costs
 about as much. Here each level is built from the rows of the level below as they
-are finished, in the writer thread, and written into overview IFDs that the
-staging file was given up front.
+are finished, in a thread of its own beside the writer (:class:`OverviewThread`),
+and written into overview IFDs that the staging file was given up front.
 
 The results are GDAL's, pixel for pixel (``GDALResampleChunk_Mode`` and
 ``GDALResampleChunk_AverageOrRMS_T`` in GDAL 3.12):
@@ -23,6 +23,9 @@ The results are GDAL's, pixel for pixel (``GDALResampleChunk_Mode`` and
   value next to nodata where the average rounds to nodata.
 """
 
+import functools
+import queue
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -305,19 +308,75 @@ def window_average(
 def _average_pairs(src: np.ndarray, nodata: int) -> np.ndarray:
     """:func:`window_average` over 2 x 2 windows, in integers.
 
-    Every weight is 1, so the float64 sum is the exact integer sum, and
-    ``int(sum / n + 0.5)`` is ``(2 sum + n) // 2n`` (no quotient of at most four
-    values lies near a rounding boundary).
+    Every weight is 1, so the float64 sum is the exact integer sum *t* of the *n*
+    valid values, and ``int(t / n + 0.5)`` is ``(2 t + n) // 2n`` (no quotient of at
+    most four values lies near a rounding boundary); it is looked up by ``(n, t)``.
+    Rows are added in pairs first, while they are contiguous.
     """
-    total = np.zeros((src.shape[0] // 2, src.shape[1] // 2), dtype=np.uint16)
-    count = np.zeros(total.shape, dtype=np.uint16)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            values = src[dy::2, dx::2]
-            valid = values != nodata
-            total += values * valid
-            count += valid
-    out = ((2 * total + count) // np.maximum(2 * count, 1)).astype(np.uint8)
+    valid = (src != nodata).view(np.uint8)
+    values = src if nodata == 0 else src * valid
+    rows = values[0::2].astype(np.uint16)
+    rows += values[1::2]
+    counts = valid[0::2] + valid[1::2]
+    key = (counts[:, 0::2] + counts[:, 1::2]).astype(np.uint16) << 10
+    key |= rows[:, 0::2]
+    key += rows[:, 1::2]
+    return _pair_table(nodata)[key]
+
+
+@functools.cache
+def _pair_table(nodata: int) -> np.ndarray:
+    """``table[n << 10 | t]``: the rounded average of *n* valid values summing to *t*."""
+    count, total = np.divmod(np.arange(5 << 10), 1 << 10)
+    out = ((2 * total + count) // np.maximum(2 * count, 1)).clip(0, 255).astype(np.uint8)
     out[out == nodata] = nodata + 1 if nodata < 255 else nodata - 1
     out[count == 0] = nodata
     return out
+
+
+class OverviewThread:
+    """Feeds an :class:`OverviewPyramid` in a thread of its own.
+
+    Building overviews then keeps pace with writing the tiles, which at GPU rates
+    one thread could not do for both. At most *depth* pushes wait; a push's rows
+    must not change afterwards (they are finished rows, dropped by their writer).
+    """
+
+    def __init__(self, pyramid: OverviewPyramid, depth: int = 1) -> None:
+        """Start the thread."""
+        self.pyramid = pyramid
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="overviews", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self.pyramid.push(*item)
+                except BaseException as e:
+                    self._error = e
+
+    def push(self, row: int, rows: np.ndarray) -> None:
+        """Queue the raster's next finished rows (see :meth:`OverviewPyramid.push`)."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put((row, rows))
+
+    def finish(self) -> None:
+        """Wait until every queued row is in the overviews; raise what went wrong there."""
+        self.close()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Stop the thread once it has taken what is queued."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    @property
+    def complete(self) -> bool:
+        """Whether every level is complete."""
+        return self.pyramid.complete

@@ -47,7 +47,7 @@ from rasterio.enums import Resampling
 
 from ..classes import ClassTable
 from ..raster_io import atomic_output
-from .overviews import OverviewPyramid, Resample
+from .overviews import OverviewPyramid, OverviewThread, Resample
 from .overviews import average as overview_average
 from .overviews import mode as overview_mode
 from .staging import GdalStager, SharedLock, TileStager
@@ -195,7 +195,7 @@ class PredictionWriter:
     }
 
     #: Overviews built while writing, by output kind (see :meth:`begin`).
-    pyramids: dict[str, OverviewPyramid] | None = None
+    pyramids: dict[str, OverviewThread] | None = None
 
     #: Writers of those overview levels, finest first.
     overview_tiles: tuple[TileStager, ...] | list[TileStager] = ()
@@ -316,8 +316,8 @@ class PredictionWriter:
                     for level in levels
                 ],
             )
-            image.on_rows = pyramid.push
-            self.pyramids[kind] = pyramid
+            self.pyramids[kind] = OverviewThread(pyramid)
+            image.on_rows = self.pyramids[kind].push
 
     def write(self, row: int, col: int, bands: dict[str, np.ndarray]) -> None:
         """Write one finished block of every output into the staging files.
@@ -346,6 +346,8 @@ class PredictionWriter:
         start = time.perf_counter()
         if self.tiles is None:
             self.begin()
+        for pyramid in (self.pyramids or {}).values():
+            pyramid.finish()
         stagers = [*self.tiles.values(), *self.overview_tiles]
         for stager in stagers:
             stager.close()
@@ -380,6 +382,8 @@ class PredictionWriter:
 
     def close(self) -> None:
         """Close and delete the staging files."""
+        for pyramid in (self.pyramids or {}).values():
+            pyramid.close()
         for stager in [*(self.tiles or {}).values(), *self.overview_tiles]:
             stager.close()
         for stage, dst in self.stages.values():

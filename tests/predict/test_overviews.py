@@ -11,6 +11,7 @@ from rasterio.enums import Resampling
 from geoct.predict.engine import PredictOptions, predict_scene
 from geoct.predict.overviews import (
     OverviewPyramid,
+    OverviewThread,
     average,
     edge_weights,
     mode,
@@ -163,3 +164,36 @@ def test_predicted_overviews_are_gdal_s(data: ModuleType, tmp_path: Path) -> Non
         for level, gdal in enumerate(expected):
             with rasterio.open(result.outputs[kind], OVERVIEW_LEVEL=level) as src:
                 np.testing.assert_array_equal(src.read(1), gdal)
+
+
+def test_overview_thread_builds_in_order_and_reports_failures() -> None:
+    classes = np.random.default_rng(1).integers(0, 3, (64, 40)).astype(np.uint8)
+    expected = stream_pyramid(classes, [(32, 20), (16, 10)], mode(CLASS_NODATA), seed=0).outputs
+    levels = [np.zeros((32, 20), np.uint8), np.zeros((16, 10), np.uint8)]
+    sinks = [lambda r, x, out=out: out.__setitem__(slice(r, r + len(x)), x) for out in levels]
+    worker = OverviewThread(OverviewPyramid((64, 40), [(32, 20), (16, 10)], mode(255), sinks))
+    for row in range(0, 64, 8):
+        worker.push(row, classes[row : row + 8])
+    worker.finish()
+    assert worker.complete
+    for ours, reference in zip(levels, expected, strict=True):
+        np.testing.assert_array_equal(ours, reference)
+    broken = OverviewThread(OverviewPyramid((8, 8), [(4, 4)], mode(255), [lambda r, x: 1 / 0]))
+    broken.push(0, np.zeros((8, 8), np.uint8))
+    with pytest.raises(ZeroDivisionError):
+        broken.finish()
+
+
+def test_failing_overviews_stop_the_scene_and_leave_nothing(
+    data: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(self, row: int, rows: np.ndarray) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(OverviewPyramid, "push", full_disk)
+    scene = tmp_path / "scene.tif"
+    data.write_scene(scene, 300, 520, seed=4)
+    options = PredictOptions(window=64, overlap=16, batch_size=4, progress=False, confidence=True)
+    with pytest.raises(OSError, match="No space left"):
+        predict_scene(data.ColourModel(), data.SPEC, scene, options=options)
+    assert [p.name for p in tmp_path.iterdir()] == ["scene.tif"]
