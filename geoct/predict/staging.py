@@ -74,8 +74,8 @@ class SharedLock:
 class TileStager:
     """Writes whole uint8 tiles straight into an uncompressed tiled GeoTIFF made by GDAL."""
 
-    #: Receives the first band of each completed row of tiles, ``(row, (h, width))``,
-    #: top to bottom (the overview pyramid of the class raster), or ``None``.
+    #: Receives the first band of the raster's rows as they are complete, ``(row, (h, width))``,
+    #: top to bottom (the overview pyramids), or ``None``.
     on_rows: Callable[[int, np.ndarray], None] | None = None
 
     def __init__(self, path: Path, offsets: np.ndarray, shape: tuple[int, int, int], tile: int):
@@ -85,8 +85,9 @@ class TileStager:
         self.count, self.height, self.width = shape
         self.tile = tile
         self.fd = os.open(path, os.O_RDWR)
-        self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._written = 0
+        self._handed = 0
 
     @classmethod
     def open(cls, path: Path, overview: int | None = None) -> "TileStager | None":
@@ -124,12 +125,12 @@ class TileStager:
             return None
         return cls(path, offsets, shape, tile)
 
-    def _tile_row(self, r: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``(tile, columns, count)`` pixels of row of tiles *r*, and each tile's pixels filled."""
+    def _tile_row(self, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row of tiles *r*: its ``(tile, columns, count)`` pixels, pixels filled per tile and per row."""
         if r not in self._rows:
             cols = self.offsets.shape[1]
             band = np.zeros((self.tile, cols * self.tile, self.count), dtype=np.uint8)
-            self._rows[r] = band, np.zeros(cols, dtype=np.int64)
+            self._rows[r] = band, np.zeros(cols, dtype=np.int64), np.zeros(self.tile, np.int64)
         return self._rows[r]
 
     def _area(self, r: int, c: int) -> int:
@@ -145,20 +146,34 @@ class TileStager:
         _, h, w = data.shape
         for r in range(row // t, (row + h - 1) // t + 1):
             r0, r1 = max(row, r * t), min(row + h, (r + 1) * t)
-            band, filled = self._tile_row(r)
+            band, filled, row_filled = self._tile_row(r)
             band[r0 - r * t : r1 - r * t, col : col + w] = data[:, r0 - row : r1 - row].transpose(
                 1, 2, 0
             )
+            row_filled[r0 - r * t : r1 - r * t] += w
             for c in range(col // t, (col + w - 1) // t + 1):
                 filled[c] += (r1 - r0) * (min(col + w, (c + 1) * t) - max(col, c * t))
                 if filled[c] == self._area(r, c):
                     tile = np.ascontiguousarray(band[:, c * t : (c + 1) * t])
                     os.pwrite(self.fd, tile, int(self.offsets[r, c]))
                     self._written += 1
+            if self.on_rows is not None:
+                self._hand_on_rows()
             if (filled == [self._area(r, c) for c in range(len(filled))]).all():
                 del self._rows[r]
-                if self.on_rows is not None:
-                    self.on_rows(r * t, band[: min(t, self.height - r * t), : self.width, 0])
+
+    def _hand_on_rows(self) -> None:
+        """Give :attr:`on_rows` the first band of the raster's rows now complete, in order."""
+        t = self.tile
+        while self._handed < self.height and self._handed // t in self._rows:
+            band, _, row_filled = self._rows[self._handed // t]
+            lo, n = self._handed % t, min(t, self.height - self._handed // t * t)
+            done = np.flatnonzero(row_filled[lo:n] != self.width)
+            hi = lo + int(done[0]) if len(done) else n
+            if hi == lo:
+                return
+            self.on_rows(self._handed, band[lo:hi, : self.width, 0])
+            self._handed += hi - lo
 
     @property
     def complete(self) -> bool:

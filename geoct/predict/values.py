@@ -124,17 +124,21 @@ def sample_bands(src: rasterio.io.DatasetReaderBase, indexes: list[int]) -> list
             data = src.read(indexes, window=window, masked=True)
         valid = ~np.ma.getmaskarray(data).any(axis=0)
         chunks.append(data.data[:, valid])
-    values = np.concatenate(chunks, axis=1).astype(np.float64)
-    values = values[:, np.isfinite(values).all(axis=0)]
+    values = np.concatenate(chunks, axis=1)
+    if values.dtype.kind in "fc":
+        values = values[:, np.isfinite(values).all(axis=0)]
     if values.shape[1] == 0:
         return None
+    return [_summary(values[b : b + 1].astype(np.float64)) for b in range(len(values))]
+
+
+def _summary(values: np.ndarray) -> BandSample:
+    """Summarise one band's ``(1, n)`` float64 sample, one band at a time to stay small."""
     low, median, high = np.percentile(values, [LOW_PERCENTILE, 50, HIGH_PERCENTILE], axis=1)
-    return [
-        BandSample(float(lo), float(hi), float(md), float(mu), float(sd))
-        for lo, hi, md, mu, sd in zip(
-            low, high, median, values.mean(axis=1), values.std(axis=1), strict=True
-        )
-    ]
+    mean, std = values.mean(axis=1), values.std(axis=1)
+    return BandSample(
+        float(low[0]), float(high[0]), float(median[0]), float(mean[0]), float(std[0])
+    )
 
 
 def out_of_range(sample: BandSample, band: int, spec: ModelSpec) -> bool:

@@ -64,6 +64,10 @@ PROBABILITY_NODATA = 255
 #: Smallest overview size: overviews are built until the coarsest is at most this wide.
 MIN_OVERVIEW_SIZE = 256
 
+#: Tile size of the staged overviews built while streaming: each level holds one row
+#: of tiles in memory while it fills (the COG has 512 px tiles throughout).
+OVERVIEW_TILE = 256
+
 #: COG creation options shared by every output.
 COG_OPTIONS: dict[str, str] = {
     "COMPRESS": "DEFLATE",
@@ -247,7 +251,8 @@ class PredictionWriter:
         }
         dst = rasterio.open(stage, "w", **profile)
         if kind in self.STREAMED_OVERVIEWS and self.factors:
-            dst.build_overviews(self.factors, Resampling.nearest)
+            with rasterio.Env(GDAL_TIFF_OVR_BLOCKSIZE=str(OVERVIEW_TILE)):
+                dst.build_overviews(self.factors, Resampling.nearest)
         dst.update_tags(**self.tags)
         names = self.classes.names
         if kind == "classes":
