@@ -9,7 +9,9 @@ reader threads run, no GDAL dataset may hold dirty blocks.
 The staging files are created by GDAL (uncompressed, tiled, metadata written) and
 closed before prediction starts: GDAL then places every tile at a fixed offset.
 :class:`TileStager` assembles finished rows into whole tiles and writes each tile
-once with ``os.pwrite`` at its offset, so the readers use GDAL alone, with no lock.
+once with ``os.pwrite`` at its offset, so the readers use GDAL alone, with no lock;
+it writes an overview level of the file the same way, and hands each completed row
+on to the overview pyramid built from it (:mod:`~geoct.predict.overviews`).
 A staging file of another layout (compressed, sparse, ...) is written by
 :class:`GdalStager` through GDAL instead, each write under the exclusive side of a
 :class:`SharedLock` whose shared side every read holds, and re-opening the file so
