@@ -33,7 +33,8 @@ import numpy as np
 #: Overview pixels computed at once: their planes stay in the core's cache between operations.
 CHUNK_PIXELS = 1 << 16
 
-#: ``sink(row, rows)`` receives finished ``(h, width)`` rows of one level, top to bottom.
+#: ``sink(row, rows)`` receives finished ``(h, width)`` rows of one level (with a trailing
+#: band axis for a multi-band raster), top to bottom.
 RowSink = Callable[[int, np.ndarray], None]
 
 #: Windows along one axis: ``(start, stop, first weight, last weight)`` per overview pixel.
@@ -178,19 +179,25 @@ class OverviewLevel:
         self.resample = resample
         self.sink = sink
         self.height = size[0]
-        self._pending = np.empty((0, source[1]), dtype=np.uint8)
+        self._pending: np.ndarray | None = None
         self._base = 0
         self._next = 0
 
     def push(self, row: int, rows: np.ndarray) -> None:
-        """Add the source rows starting at *row* (the next ones); emit the rows they finish."""
-        if row != self._base + len(self._pending):
+        """Add the source rows (``(h, width)``, or with a trailing band axis) starting at *row*.
+
+        Emits the rows of this level that they finish.
+        """
+        if row != self._base + (0 if self._pending is None else len(self._pending)):
             raise ValueError(f"overview source rows must come in order: got {row}")
-        self._pending = np.concatenate([self._pending, rows]) if len(self._pending) else rows
+        if self._pending is not None and len(self._pending):
+            rows = np.concatenate([self._pending, rows])
+        self._pending = rows
         available = self._base + len(self._pending)
         last = int(np.searchsorted(self.rows[1], available, side="right"))
         if last > self._next:
-            out = np.empty((last - self._next, len(self.cols[0])), dtype=np.uint8)
+            shape = (last - self._next, len(self.cols[0]), *rows.shape[2:])
+            out = np.empty(shape, dtype=np.uint8)
             step = max(1, CHUNK_PIXELS // out.shape[1])
             for first in range(self._next, last, step):
                 end = min(first + step, last)
@@ -266,34 +273,37 @@ def window_average(
     Valid pixels are summed row by row, each weighted by its row's and column's
     edge weights (:func:`edge_weights`), in GDAL's order and in float64; the result
     is ``int(total / weight + 0.5)``, nodata where no pixel is valid, and the value
-    next to nodata where it rounds to nodata.
+    next to nodata where it rounds to nodata. Bands on a trailing axis are averaged
+    each on its own, as GDAL does for a pixel-interleaved raster.
 
     Args:
-        src: ``(h, w)`` uint8 source rows.
+        src: ``(h, w)`` or ``(h, w, bands)`` uint8 source rows.
         rows: ``(start, stop, first, last)`` of each output row, within *src*.
         cols: ``(start, stop, first, last)`` of each output column.
         nodata: The nodata value.
 
     Returns:
-        ``(len(rows[0]), len(cols[0]))`` uint8 averages.
+        ``(len(rows[0]), len(cols[0]), ...)`` uint8 averages.
     """
     (r0, r1, rw0, rw1), (c0, c1, cw0, cw1) = rows, cols
-    shape = (len(r0), len(c0))
-    if _halving(r0, r1) and _halving(c0, c1):
+    shape = (len(r0), len(c0), *src.shape[2:])
+    whole = all((w == 1).all() for w in (rw0, rw1, cw0, cw1))
+    if whole and _halving(r0, r1) and _halving(c0, c1):
         return _average_pairs(src[: 2 * shape[0], : 2 * shape[1]], nodata)
+    bands = (None,) * (src.ndim - 2)
     total = np.zeros(shape)
     weight = np.zeros(shape)
     count = np.zeros(shape, dtype=np.int64)
     for dy in range(int((r1 - r0).max())):
         lines = src[np.minimum(r0 + dy, r1 - 1)]
-        row_in = r0 + dy < r1
-        wy = np.where(dy == 0, rw0, np.where(r0 + dy + 1 == r1, rw1, 1.0))[:, None]
+        row_in = (r0 + dy < r1)[:, None, *bands]
+        wy = np.where(dy == 0, rw0, np.where(r0 + dy + 1 == r1, rw1, 1.0))[:, None, *bands]
         line_total = np.zeros(shape)
         line_weight = np.zeros(shape)
         for dx in range(int((c1 - c0).max())):
             values = lines[:, np.minimum(c0 + dx, c1 - 1)]
-            ok = (values != nodata) & row_in[:, None] & (c0 + dx < c1)[None, :]
-            wx = np.where(dx == 0, cw0, np.where(c0 + dx + 1 == c1, cw1, 1.0))[None, :]
+            ok = (values != nodata) & row_in & (c0 + dx < c1)[None, :, *bands]
+            wx = np.where(dx == 0, cw0, np.where(c0 + dx + 1 == c1, cw1, 1.0))[None, :, *bands]
             line_total += np.where(ok, values * wx, 0.0)
             line_weight += np.where(ok, wx, 0.0)
             count += ok
@@ -306,7 +316,7 @@ def window_average(
 
 
 def _average_pairs(src: np.ndarray, nodata: int) -> np.ndarray:
-    """:func:`window_average` over 2 x 2 windows, in integers.
+    """:func:`window_average` over 2 x 2 windows whose weights are all 1, in integers.
 
     Every weight is 1, so the float64 sum is the exact integer sum *t* of the *n*
     valid values, and ``int(t / n + 0.5)`` is ``(2 t + n) // 2n`` (no quotient of at

@@ -76,8 +76,8 @@ class SharedLock:
 class TileStager:
     """Writes whole uint8 tiles straight into an uncompressed tiled GeoTIFF made by GDAL."""
 
-    #: Receives the first band of the raster's rows as they are complete, ``(row, (h, width))``,
-    #: top to bottom (the overview pyramids), or ``None``.
+    #: Receives the raster's rows as they are complete, ``(row, (h, width))`` (``(h, width,
+    #: bands)`` for several bands), top to bottom (the overview pyramids), or ``None``.
     on_rows: Callable[[int, np.ndarray], None] | None = None
 
     def __init__(self, path: Path, offsets: np.ndarray, shape: tuple[int, int, int], tile: int):
@@ -165,7 +165,7 @@ class TileStager:
                 del self._rows[r]
 
     def _hand_on_rows(self) -> None:
-        """Give :attr:`on_rows` the first band of the raster's rows now complete, in order."""
+        """Give :attr:`on_rows` the raster's rows now complete, in order."""
         t = self.tile
         while self._handed < self.height and self._handed // t in self._rows:
             band, _, row_filled = self._rows[self._handed // t]
@@ -174,7 +174,8 @@ class TileStager:
             hi = lo + int(done[0]) if len(done) else n
             if hi == lo:
                 return
-            self.on_rows(self._handed, band[lo:hi, : self.width, 0])
+            rows = band[lo:hi, : self.width]
+            self.on_rows(self._handed, rows[:, :, 0] if self.count == 1 else rows)
             self._handed += hi - lo
 
     @property

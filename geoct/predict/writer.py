@@ -3,13 +3,13 @@
 Finished uint8 blocks (finalised on the model's device, see
 :mod:`~geoct.predict.device_blend`) are written while prediction runs into
 uncompressed tiled GeoTIFFs staged in the output folder, as whole tiles without
-GDAL (:mod:`~geoct.predict.staging`). The class raster's ``mode`` overviews are
-built from its rows as they are written, into overview levels the staging file
-is created with (:mod:`~geoct.predict.overviews`, GDAL's result exactly).
-Publishing builds the other outputs' overviews in their staged files with GDAL's
-overview code, then copies each staged file with its overviews to a
-COG (DEFLATE, 512 px tiles, BigTIFF if needed), both multi-threaded, under a
-temporary name that is renamed.
+GDAL (:mod:`~geoct.predict.staging`). Their overviews (``mode`` for classes,
+``average`` for the others) are built from the rows as they are written, into
+overview levels the staging files are created with (:mod:`~geoct.predict.overviews`,
+GDAL's result exactly); GDAL builds them when publishing only for a staging file
+that had to be written through GDAL. Publishing copies each staged file with its
+overviews to a COG (DEFLATE, 512 px tiles, BigTIFF if needed, multi-threaded),
+under a temporary name that is renamed.
 
 Outputs, all uint8 on the scene's exact grid (CRS, transform, shape):
 
@@ -132,6 +132,11 @@ def overview_count(width: int, height: int) -> int:
     return max(0, math.ceil(math.log2(max(width, height) / MIN_OVERVIEW_SIZE)))
 
 
+def _bands(rows: np.ndarray) -> np.ndarray:
+    """``(bands, h, w)`` of rows ``(h, w)`` or ``(h, w, bands)``."""
+    return rows[None] if rows.ndim == 2 else rows.transpose(2, 0, 1)
+
+
 def _rat_field(index: int, name: str, kind: int, usage: int) -> str:
     return (
         f'      <FieldDefn index="{index}">\n        <Name>{name}</Name>\n'
@@ -196,6 +201,7 @@ class PredictionWriter:
     STREAMED_OVERVIEWS: dict[str, Callable[[int], Resample]] = {
         "classes": overview_mode,
         "confidence": overview_average,
+        "probabilities": overview_average,
     }
 
     #: Overviews built while writing, by output kind (see :meth:`begin`).
@@ -317,7 +323,7 @@ class PredictionWriter:
                 [(level.height, level.width) for level in levels],
                 resample(self.NODATA[kind]),
                 [
-                    lambda row, rows, level=level: level.write(row, 0, rows[None])
+                    lambda row, rows, level=level: level.write(row, 0, _bands(rows))
                     for level in levels
                 ],
             )

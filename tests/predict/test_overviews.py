@@ -18,7 +18,12 @@ from geoct.predict.overviews import (
     source_windows,
     window_mode,
 )
-from geoct.predict.writer import CLASS_NODATA, CONFIDENCE_NODATA, overview_count
+from geoct.predict.writer import (
+    CLASS_NODATA,
+    CONFIDENCE_NODATA,
+    PROBABILITY_NODATA,
+    overview_count,
+)
 
 
 def gdal_overviews(
@@ -41,8 +46,9 @@ def gdal_overviews(
 
 
 def stream_pyramid(
-    band: np.ndarray, shapes: list[tuple[int, int]], resample, seed: int
+    band: np.ndarray, shapes: list[tuple[int, int]], resample, seed: int, step: int = 0
 ) -> OverviewPyramid:
+    """Feed *band* to a pyramid in strips of *step* rows (random heights if 0)."""
     levels = [np.full(shape, 77, dtype=np.uint8) for shape in shapes]
 
     def sink(level: np.ndarray):
@@ -56,7 +62,7 @@ def stream_pyramid(
     pyramid.outputs = levels
     rng, row = np.random.default_rng(seed), 0
     while row < band.shape[0]:
-        n = int(rng.choice([1, 2, 3, 17, 512, 700]))
+        n = step or int(rng.choice([1, 2, 3, 17, 512, 700]))
         pyramid.push(row, band[row : row + n])
         row += n
     return pyramid
@@ -126,9 +132,43 @@ def test_streamed_average_equals_gdal_s(
     profile |= {"transform": data.TRANSFORM, "nodata": CONFIDENCE_NODATA, "tiled": True}
     expected = gdal_overviews(tmp_path / "gdal.tif", confidence, profile, Resampling.average)
     shapes = [level.shape for level in expected]
-    pyramid = stream_pyramid(confidence, shapes, average(CONFIDENCE_NODATA), seed=shape[0])
+    for step in (0, 50):  # a strip ending one row before a weighted window's last row
+        pyramid = stream_pyramid(confidence, shapes, average(CONFIDENCE_NODATA), shape[0], step)
+        assert pyramid.complete
+        for ours, gdal in zip(pyramid.outputs, expected, strict=True):
+            np.testing.assert_array_equal(ours, gdal)
+
+
+@pytest.mark.parametrize("shape", [(1024, 512), (301, 555)])
+def test_streamed_band_by_band_average_equals_gdal_s(
+    data: ModuleType, tmp_path: Path, shape: tuple[int, int]
+) -> None:
+    """A pixel-interleaved 6-band raster with nodata 255, like the probabilities."""
+    rng = np.random.default_rng(shape[1])
+    bands = rng.integers(0, 255, (*shape, 6)).astype(np.uint8)
+    bands[rng.random(shape) < 0.2] = PROBABILITY_NODATA
+    h, w = shape
+    profile = {"driver": "GTiff", "width": w, "height": h, "count": 6, "dtype": "uint8"}
+    profile |= {"crs": data.CRS, "transform": data.TRANSFORM, "nodata": PROBABILITY_NODATA}
+    profile |= {"tiled": True, "interleave": "pixel", "photometric": "MINISBLACK"}
+    path = tmp_path / "gdal.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(bands.transpose(2, 0, 1))
+    factors = [2**i for i in range(1, overview_count(w, h) + 1)]
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), rasterio.open(path, "r+") as dst:
+        dst.build_overviews(factors, Resampling.average)
+    expected = []
+    for level in range(len(factors)):
+        with rasterio.open(path, OVERVIEW_LEVEL=level) as src:
+            expected.append(src.read().transpose(1, 2, 0))
+    shapes = [level.shape[:2] for level in expected]
+    outputs = [np.zeros(level.shape, np.uint8) for level in expected]
+    sinks = [lambda r, x, out=out: out.__setitem__(slice(r, r + len(x)), x) for out in outputs]
+    pyramid = OverviewPyramid(shape, shapes, average(PROBABILITY_NODATA), sinks)
+    for row in range(0, h, 100):
+        pyramid.push(row, bands[row : row + 100])
     assert pyramid.complete
-    for ours, gdal in zip(pyramid.outputs, expected, strict=True):
+    for ours, gdal in zip(outputs, expected, strict=True):
         np.testing.assert_array_equal(ours, gdal)
 
 
@@ -148,8 +188,31 @@ def test_predicted_overviews_are_gdal_s(data: ModuleType, tmp_path: Path) -> Non
         pixels[:, 40:120, 100:260] = 0
         dst.write(pixels)
         dst.nodata = 0
-    options = PredictOptions(window=64, overlap=16, batch_size=4, progress=False, confidence=True)
+    options = PredictOptions(
+        window=64, overlap=16, batch_size=4, progress=False, confidence=True, probabilities=True
+    )
     result = predict_scene(data.ColourModel(), data.SPEC, scene, options=options)
+    with rasterio.open(result.outputs["probabilities"]) as src:
+        probabilities = src.read()
+        assert src.overviews(1) == [2, 4] and src.interleaving.name.lower() == "pixel"
+        profile = {k: src.profile[k] for k in ("count", "dtype", "crs", "transform", "nodata")}
+    path = tmp_path / "gdal-probabilities.tif"
+    profile |= {
+        "driver": "GTiff",
+        "tiled": True,
+        "interleave": "pixel",
+        "photometric": "MINISBLACK",
+    }
+    with rasterio.open(path, "w", width=555, height=301, **profile) as dst:
+        dst.write(probabilities)
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), rasterio.open(path, "r+") as dst:
+        dst.build_overviews([2, 4], Resampling.average)
+    for level in (0, 1):
+        with (
+            rasterio.open(result.outputs["probabilities"], OVERVIEW_LEVEL=level) as ours,
+            rasterio.open(path, OVERVIEW_LEVEL=level) as gdal,
+        ):
+            np.testing.assert_array_equal(ours.read(), gdal.read())
     for kind, resampling in (("classes", Resampling.mode), ("confidence", Resampling.average)):
         with rasterio.open(result.outputs[kind]) as src:
             band = src.read(1)
