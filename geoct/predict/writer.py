@@ -293,6 +293,8 @@ class PredictionWriter:
         """
         for _, dst in self.stages.values():
             dst.close()
+        for kind in self.STREAMED_OVERVIEWS.keys() & self.stages.keys():
+            self._name_overview_resampling(kind)
         lock = SharedLock()
         self.tiles = {
             kind: TileStager.open(stage) or GdalStager(stage, lock)
@@ -301,6 +303,22 @@ class PredictionWriter:
         self._stream_overviews()
         gdal = any(isinstance(t, GdalStager) for t in self.tiles.values())
         return lock.shared if gdal else None
+
+    def _name_overview_resampling(self, kind: str) -> None:
+        """Record the real resampling in the overview levels the staging file was created with.
+
+        GDAL notes the method it built them with (``nearest``, over the empty image) in
+        the levels' band metadata where it notes one (several bands), and the COG
+        driver publishes it as ``OVERVIEW_RESAMPLING``.
+        """
+        stage, method = self.stages[kind][0], self.OVERVIEW_RESAMPLING[kind].name.upper()
+        with rasterio.Env(GTIFF_SRS_SOURCE="GEOKEYS"):
+            for level in range(len(self.factors)):
+                with rasterio.open(stage, "r+", OVERVIEW_LEVEL=level) as ovr:
+                    if "RESAMPLING" not in ovr.tags(1):
+                        return
+                    for band in ovr.indexes:
+                        ovr.update_tags(band, RESAMPLING=method)
 
     def _stream_overviews(self) -> None:
         """Build the overviews of :attr:`STREAMED_OVERVIEWS` from the rows as they are written.
