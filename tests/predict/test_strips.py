@@ -373,9 +373,10 @@ def test_staging_files_take_direct_tile_writes(data: ModuleType, tmp_path: Path)
     try:
         assert writer.begin() is None
         assert all(isinstance(t, staging.TileStager) for t in writer.tiles.values())
-        assert set(writer.pyramids) == {"classes", "confidence"}
+        assert set(writer.pyramids) == {"classes", "confidence", "probabilities"}
         levels = [(300, 350), (150, 175)]
-        assert [(t.height, t.width) for t in writer.overview_tiles] == levels * 2
+        assert [(t.height, t.width) for t in writer.overview_tiles] == levels * 3
+        assert writer.overview_tiles[-1].count == data.SPEC.classes.num_classes
     finally:
         writer.close()
     assert list(tmp_path.iterdir()) == []
