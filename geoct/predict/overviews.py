@@ -44,6 +44,13 @@ Axis = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 Resample = Callable[[np.ndarray, Axis, Axis], np.ndarray]
 
 
+def _edges(source: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of *size* overview pixels starts and ends, in source pixels (float64, as GDAL)."""
+    ratio = source / size
+    index = np.arange(size, dtype=np.float64)
+    return index * ratio, (index + 1) * ratio
+
+
 def source_windows(source: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Return the first and past-the-last source pixel of each of *size* overview pixels.
 
@@ -54,10 +61,9 @@ def source_windows(source: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(start, stop)`` int64 arrays of length *size*.
     """
-    ratio = source / size
-    index = np.arange(size, dtype=np.float64)
-    start = np.floor(index * ratio + 1e-8).astype(np.int64)
-    stop = np.ceil((index + 1) * ratio - 1e-8).astype(np.int64)
+    lo, hi = _edges(source, size)
+    start = np.floor(lo + 1e-8).astype(np.int64)
+    stop = np.ceil(hi - 1e-8).astype(np.int64)
     stop = np.where(stop == start, stop + 1, stop)
     return np.clip(start, 0, source), np.minimum(stop, source)
 
@@ -75,16 +81,15 @@ def edge_weights(source: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(first, last)`` float64 arrays of length *size*.
     """
-    ratio = source / size
-    index = np.arange(size, dtype=np.float64)
-    start, stop = source_windows(source, size)
-    first = np.where(stop == start + 1, 1.0, 1 - (index * ratio - start))
-    return first, 1 - (stop - (index + 1) * ratio)
+    return axis_windows(source, size)[2:]
 
 
 def axis_windows(source: int, size: int) -> Axis:
     """:func:`source_windows` and :func:`edge_weights` of one axis."""
-    return (*source_windows(source, size), *edge_weights(source, size))
+    lo, hi = _edges(source, size)
+    start, stop = source_windows(source, size)
+    first = np.where(stop == start + 1, 1.0, 1 - (lo - start))
+    return start, stop, first, 1 - (stop - hi)
 
 
 def _halving(start: np.ndarray, stop: np.ndarray) -> bool:
