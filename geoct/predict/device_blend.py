@@ -40,6 +40,20 @@ def exp_(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def greater(a: torch.Tensor, b: torch.Tensor | float, out: torch.Tensor) -> torch.Tensor:
+    """Write ``a > b`` into the boolean *out* (NumPy's comparison on CPU).
+
+    On CPU torch's float comparisons run several times slower than NumPy's
+    (about 34 against 5 us for 64k values); both give the same booleans.
+    """
+    if a.device.type == "cpu":
+        other = b.numpy() if isinstance(b, torch.Tensor) else b
+        np.greater(a.numpy(), other, out=out.numpy())
+    else:
+        torch.gt(a, b, out=out)
+    return out
+
+
 def class_max(x: torch.Tensor) -> torch.Tensor:
     """Maximum over axis 0, class by class (exact, fast on CPU for few classes)."""
     best = x[0].clone()
@@ -68,7 +82,7 @@ def argmax(x: torch.Tensor) -> torch.Tensor:
     better = torch.empty(best.shape, dtype=torch.bool, device=x.device)
     step = torch.empty(best.shape, dtype=torch.uint8, device=x.device)
     for k in range(1, x.shape[0]):
-        torch.gt(x[k], best, out=better)
+        greater(x[k], best, better)
         torch.mul(better.view(torch.uint8), k, out=step)
         torch.maximum(index, step, out=index)
         torch.maximum(best, x[k], out=best)
@@ -86,8 +100,11 @@ def softmax_terms(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def to_uint8(p: torch.Tensor) -> torch.Tensor:
-    """Scale values in ``[0, 1]`` to rounded (half to even) uint8."""
-    return torch.round(p * 255.0).to(torch.uint8)
+    """Scale values in ``[0, 1]`` to rounded (half to even) uint8 (NumPy's cast on CPU, faster)."""
+    scaled = torch.round(p * 255.0)
+    if scaled.device.type == "cpu":
+        return torch.from_numpy(scaled.numpy().astype(np.uint8))
+    return scaled.to(torch.uint8)
 
 
 def finalise(
@@ -131,7 +148,8 @@ def _finalise(
     sums: torch.Tensor, weights: torch.Tensor, kinds: frozenset[str] | set[str]
 ) -> dict[str, torch.Tensor]:
     """:func:`finalise` of one chunk."""
-    valid = (weights > 0).view(torch.uint8)
+    valid = greater(weights, 0.0, torch.empty(weights.shape, dtype=torch.bool, device=weights.device))
+    valid = valid.view(torch.uint8)
     bands = {"classes": fill_nodata(argmax(sums), valid, CLASS_NODATA)}
     if not SOFT_KINDS & set(kinds):
         return bands

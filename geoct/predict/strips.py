@@ -9,7 +9,9 @@ several reader threads at a time, each with its own dataset handles (a GDAL
 dataset must not be used by two threads at once). For each window row it yields a *strip*,
 from whose pieces each window is cut, clipped to the scene and reflect-padded
 exactly as a windowed read pads it, straight into its slot of a host batch
-(:meth:`Strip.cut`). Pieces are read as the windows need them, left to right, a
+(:meth:`Strip.cut`). Pieces are held pixel-interleaved, as the batch slots are
+(GDAL interleaves the bands as it reads them, in the reader threads), so cutting a
+window is a plain copy rather than a transposition. Pieces are read as the windows need them, left to right, a
 few ahead of the window being cut; once the windows of a row have passed a
 piece, it is dropped if no later window row needs its rows, or trimmed to the
 rows later window rows need when that frees at least half of it.
@@ -212,7 +214,8 @@ class _Piece:
 
     ``buffers`` are flat ``(data, valid, height, scratch)`` arrays of the largest
     piece (``None`` where not needed), or of half its rows (``half``: the trimmed
-    rest of a piece); ``out`` are their views of this piece's shape.
+    rest of a piece); ``out`` are their views of this piece's shape, the data a
+    ``(bands, rows, cols)`` view of pixel-interleaved values.
     """
 
     __slots__ = ("buffers", "done", "half", "out", "result", "window")
@@ -231,7 +234,7 @@ class _Piece:
         area = shape[0] * shape[1]
         data, *planes = buffers
         self.out = (
-            data[: bands * area].reshape(bands, *shape),
+            data[: bands * area].reshape(*shape, bands).transpose(2, 0, 1),
             *(None if plane is None else plane[:area].reshape(shape) for plane in planes),
         )
         self.result: tuple | BaseException | None = None

@@ -9,7 +9,7 @@ import rasterio
 import torch
 
 from geoct.predict.accumulator import StreamingBlender
-from geoct.predict.device_blend import InputNormaliser, finalise
+from geoct.predict.device_blend import InputNormaliser, finalise, greater, to_uint8
 from geoct.predict.engine import PredictOptions, predict_scene, scene_grid
 from geoct.predict.reader import SceneReader
 from geoct.predict.windows import WindowGrid, hann_2d
@@ -135,6 +135,20 @@ def test_finalise_equals_numpy_with_ties_and_nodata() -> None:
     expected = numpy_finalise(sums, weights)
     for kind in KINDS:
         np.testing.assert_array_equal(got[kind].numpy(), expected[kind])
+
+
+def test_cpu_comparison_and_cast_equal_torch() -> None:
+    """NumPy's comparison and uint8 cast on CPU give torch's results (NaN, infinities, halves)."""
+    rng = np.random.default_rng(1)
+    a = torch.from_numpy(rng.standard_normal((5, 64, 70)).astype(np.float32))
+    b = a.roll(1, dims=0).clone()
+    a[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])[:, None]
+    b[0, :2, :5] = a[0, :2, :5]
+    for x, y in ((a[1:3], b[1:3]), (a[0], b[0]), (a[:, 5:20, 3:50], 0.0)):
+        out = torch.empty(x.shape, dtype=torch.bool)
+        np.testing.assert_array_equal(greater(x, y, out).numpy(), torch.gt(x, y).numpy())
+    p = torch.cat([torch.rand(5000), torch.arange(256) / 255.0, (torch.arange(255) + 0.5) / 255.0])
+    np.testing.assert_array_equal(to_uint8(p).numpy(), torch.round(p * 255.0).to(torch.uint8))
 
 
 def test_column_tiled_blend_and_carry_file_are_exact() -> None:

@@ -124,6 +124,22 @@ def test_strip_windows_equal_windowed_reads(
         assert_strips_match_windowed_reads(reader, grid, threads)
 
 
+@pytest.mark.parametrize("interleave", ["pixel", "band"])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float64"])
+def test_strips_of_any_layout_and_dtype_equal_windowed_reads(
+    data: ModuleType, tmp_path: Path, interleave: str, dtype: str
+) -> None:
+    """Pieces are held pixel-interleaved whatever the file's layout; float64 becomes float32."""
+    classes = data.class_map(90, 110)
+    image = data.COLOURS[classes].transpose(2, 0, 1).astype(dtype)
+    profile = _profile(data, image, 32, interleave=interleave)
+    with rasterio.open(tmp_path / "scene.tif", "w", **profile) as dst:
+        dst.write(image)
+    with SceneReader(tmp_path / "scene.tif", data.SPEC) as reader:
+        grid = WindowGrid(90, 110, (40, 40), (8, 8))
+        assert_strips_match_windowed_reads(reader, grid, threads=2)
+
+
 def test_strips_with_nodata_and_masks(data: ModuleType, tmp_path: Path) -> None:
     classes = data.class_map(150, 170)
     image = data.COLOURS[classes].transpose(2, 0, 1).copy()
