@@ -148,8 +148,8 @@ def _finalise(
     sums: torch.Tensor, weights: torch.Tensor, kinds: frozenset[str] | set[str]
 ) -> dict[str, torch.Tensor]:
     """:func:`finalise` of one chunk."""
-    valid = greater(weights, 0.0, torch.empty(weights.shape, dtype=torch.bool, device=weights.device))
-    valid = valid.view(torch.uint8)
+    positive = torch.empty(weights.shape, dtype=torch.bool, device=weights.device)
+    valid = greater(weights, 0.0, positive).view(torch.uint8)
     bands = {"classes": fill_nodata(argmax(sums), valid, CLASS_NODATA)}
     if not SOFT_KINDS & set(kinds):
         return bands
