@@ -33,8 +33,9 @@ from .windows import WindowGrid, hann_2d
 
 #: ``sink(row, col, sums, weights)`` receives final blocks on the blender's device:
 #: ``sums`` is ``(K, h, w)`` weighted logit sums and ``weights`` the ``(h, w)`` weight
-#: sums (zero = no data). Both are views of the blender's buffer, valid during the call.
-BlockSink = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+#: sums (zero = no data), or ``None`` for a blender without weight sums. Both are views
+#: of the blender's buffer, valid during the call.
+BlockSink = Callable[[int, int, torch.Tensor, torch.Tensor | None], None]
 
 #: Largest blending buffer, in bytes, per device type; wider row bands are tiled by columns.
 BUFFER_BYTES = {"cuda": 256 << 20, "cpu": 32 << 20}
@@ -54,7 +55,7 @@ class DeviceCarry:
         """Allocate the carry.
 
         Args:
-            channels: Values per pixel (classes plus one weight).
+            channels: Values per pixel (classes, plus one weight if accumulated).
             max_rows: Largest carry height.
             width: Scene width.
             device: Where the tensor lives.
@@ -85,7 +86,7 @@ class CarryStore:
         """Create an anonymous scratch file.
 
         Args:
-            channels: Values per pixel (classes plus one weight).
+            channels: Values per pixel (classes, plus one weight if accumulated).
             max_rows: Largest carry height.
             width: Scene width.
             device: Where read values are returned.
@@ -126,7 +127,7 @@ def chunk_columns(grid: WindowGrid, channels: int, budget: int) -> int:
 
     Args:
         grid: The window layout.
-        channels: Values per pixel (classes plus one weight).
+        channels: Values per pixel (classes, plus one weight if accumulated).
         budget: Buffer size limit in bytes.
 
     Returns:
@@ -150,6 +151,7 @@ class StreamingBlender:
         device: torch.device | str = "cpu",
         buffer_bytes: int | None = None,
         carry_bytes: int | None = None,
+        weights: bool = True,
     ) -> None:
         """Initialise a blender for one scene.
 
@@ -160,6 +162,11 @@ class StreamingBlender:
             device: Where the buffers live and blending runs (the model's device).
             buffer_bytes: Blending buffer budget (default :data:`BUFFER_BYTES`).
             carry_bytes: Budget of the carry on the device (default :data:`CARRY_BYTES`).
+            weights: Accumulate weight sums. Without them the buffer holds one plane
+                less and the sink gets ``None``: for windows that are valid everywhere,
+                whose every pixel has a positive weight sum (the Hann weights are
+                floored above zero), when only the classes are wanted. Masked windows
+                are then refused.
         """
         self.grid = grid
         self.k = num_classes
@@ -171,7 +178,9 @@ class StreamingBlender:
         self.col_bounds = _final_bounds(self.cols, grid.width)
         self.weight = torch.from_numpy(hann_2d(*grid.window)).to(self.device)
         wh, ww = grid.window
-        channels = self.k + 1
+        #: Whether weight sums are accumulated (as the buffer's last plane).
+        self.weights = weights
+        channels = self.k + int(weights)
         budget = BUFFER_BYTES[kind] if buffer_bytes is None else buffer_bytes
         self.chunk = chunk_columns(grid, channels, budget)
         #: Logit bytes blended per operation (see :data:`CHUNK_BYTES`).
@@ -260,6 +269,8 @@ class StreamingBlender:
         left = max(col, 0)
         rows, cols = slice(top - row, bottom - row), slice(left - col, right - col)
         weight = self.weight[rows, cols]
+        if valid is not None and not self.weights:
+            raise ValueError("a masked window needs a blender with weight sums")
         if valid is not None:
             h, w = bottom - top, right - left
             weight = torch.mul(weight, valid[rows, cols], out=self._weight[:h, :w])
@@ -274,7 +285,8 @@ class StreamingBlender:
             torch.mul(
                 logits[:, r0:r1, own:], weight[r0:r1, own:], out=self.buffer[: self.k, r0:r1, cols]
             )
-            self.buffer[self.k, r0:r1, cols] = weight[r0:r1, own:]
+            if self.weights:
+                self.buffer[self.k, r0:r1, cols] = weight[r0:r1, own:]
 
     def _row_chunks(self, start: int, stop: int, width: int) -> list[tuple[int, int]]:
         """Split rows ``start:stop`` of a *width*-wide region into chunks of :attr:`chunk_bytes`."""
@@ -284,12 +296,13 @@ class StreamingBlender:
         return [(r, min(r + step, stop)) for r in range(start, stop, step)]
 
     def _accumulate(self, logits: torch.Tensor, weight: torch.Tensor, row: int, col: int) -> None:
-        """Add ``logits * weight`` and ``weight`` to the buffer at band row *row*, scene column *col*."""
+        """Add ``logits * weight`` (and ``weight``) to the buffer at band row *row*, scene column *col*."""
         h, w = weight.shape
         product = torch.mul(logits, weight, out=self._product[:, :h, :w])
         dst = (slice(row, row + h), slice(col - self._origin, col - self._origin + w))
         self.buffer[(slice(0, self.k), *dst)] += product
-        self.buffer[(self.k, *dst)] += weight
+        if self.weights:
+            self.buffer[(self.k, *dst)] += weight
 
     def _finalise_columns(self, j: int, top: int, bottom: int) -> None:
         """Hand on the columns complete after window *j*: final rows to the sink, the rest to the carry."""
@@ -298,7 +311,7 @@ class StreamingBlender:
         hi = c1 - c0
         if c1 > c0 and split > top:
             block = self.buffer[:, : split - top, :hi]
-            self.sink(top, c0, block[: self.k], block[self.k])
+            self.sink(top, c0, block[: self.k], block[self.k] if self.weights else None)
         if c1 > c0 and bottom > split:
             carry = self.buffer[:, split - top : bottom - top, :hi]
             if not self.carry_in_buffer:

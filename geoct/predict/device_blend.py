@@ -109,7 +109,7 @@ def to_uint8(p: torch.Tensor) -> torch.Tensor:
 
 def finalise(
     sums: torch.Tensor,
-    weights: torch.Tensor,
+    weights: torch.Tensor | None,
     kinds: frozenset[str] | set[str],
     chunk_pixels: int | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -121,7 +121,8 @@ def finalise(
 
     Args:
         sums: ``(K, h, w)`` weighted logit sums.
-        weights: ``(h, w)`` weight sums; zero marks nodata.
+        weights: ``(h, w)`` weight sums; zero marks nodata. ``None`` when every
+            pixel is valid (only ``classes`` may be asked for then).
         kinds: Outputs wanted besides ``classes``: ``confidence``, ``probabilities``.
         chunk_pixels: Pixels per chunk (default: :data:`CPU_CHUNK_PIXELS` on CPU,
             the whole block elsewhere).
@@ -132,22 +133,27 @@ def finalise(
         :data:`CONFIDENCE_NODATA`) and ``probabilities`` ``(K, h, w)``
         (``min(rint(255 p), 254)``, nodata :data:`PROBABILITY_NODATA`).
     """
+    if weights is None and SOFT_KINDS & set(kinds):
+        raise ValueError("confidence and probabilities need the weight sums")
     if chunk_pixels is None:
         chunk_pixels = CPU_CHUNK_PIXELS if sums.device.type == "cpu" else sums[0].numel()
-    h, w = weights.shape
+    h, w = sums.shape[1:]
     step = max(1, chunk_pixels // max(w, 1))
     if step >= h:
         return _finalise(sums, weights, kinds)
     parts = [
-        _finalise(sums[:, r : r + step], weights[r : r + step], kinds) for r in range(0, h, step)
+        _finalise(sums[:, r : r + step], None if weights is None else weights[r : r + step], kinds)
+        for r in range(0, h, step)
     ]
     return {kind: torch.cat([part[kind] for part in parts], dim=-2) for kind in parts[0]}
 
 
 def _finalise(
-    sums: torch.Tensor, weights: torch.Tensor, kinds: frozenset[str] | set[str]
+    sums: torch.Tensor, weights: torch.Tensor | None, kinds: frozenset[str] | set[str]
 ) -> dict[str, torch.Tensor]:
     """:func:`finalise` of one chunk."""
+    if weights is None:
+        return {"classes": argmax(sums)}
     positive = torch.empty(weights.shape, dtype=torch.bool, device=weights.device)
     valid = greater(weights, 0.0, positive).view(torch.uint8)
     bands = {"classes": fill_nodata(argmax(sums), valid, CLASS_NODATA)}

@@ -36,7 +36,7 @@ from ..export.styles import raster_qml
 from ..metadata import ModelSpec
 from ..raster_io import atomic_output, check_output
 from .accumulator import StreamingBlender
-from .device_blend import InputNormaliser, finalise
+from .device_blend import SOFT_KINDS, InputNormaliser, finalise
 from .reader import GSD_TOLERANCE, SceneReader, gsd_ratio
 from .strips import StripReader
 from .transfer import BatchPool, HostBatch, StageTimes, stage_times, to_host
@@ -555,17 +555,18 @@ def _stream(
     outbox: queue.Queue = queue.Queue(maxsize=4)
     writing = _Worker(lambda: _write_blocks(writer, outbox, stop, times), "writer")
 
-    def sink(row: int, col: int, sums: torch.Tensor, weights: torch.Tensor) -> None:
+    def sink(row: int, col: int, sums: torch.Tensor, weights: torch.Tensor | None) -> None:
         with times.time("finalise"):
             bands = finalise(sums, weights, kinds)
         with times.time("to_host"):
             host, event = to_host(bands)
         _put(outbox, (row, col, host, event), stop, writing)
 
-    blender = StreamingBlender(grid, predictor.num_classes, sink, device)
     read_lock = writer.begin()
     lookahead = grid.window[0] if predictor.cuda else 0
     strips = StripReader(reader, grid, lock=read_lock, timer=times.add, lookahead=lookahead)
+    weights = bool(SOFT_KINDS & kinds) or not strips.all_valid
+    blender = StreamingBlender(grid, predictor.num_classes, sink, device, weights=weights)
     pool = BatchPool(
         size=batch_size,
         channels=len(reader.indexes),

@@ -95,6 +95,74 @@ def test_pipeline_equals_numpy_pipeline_bit_for_bit(
     np.testing.assert_array_equal(read(result.outputs["probabilities"]), expected["probabilities"])
 
 
+@pytest.mark.parametrize("shape, window, overlap", [((217, 300), 37, 5), ((30, 45), 64, 16)])
+def test_classes_alone_blend_without_weight_sums(
+    data: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape, window, overlap
+) -> None:
+    """Classes of a scene valid everywhere skip the weight sums, and stay bit for bit."""
+    built = []
+
+    class Recording(StreamingBlender):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self.weights)
+
+    monkeypatch.setattr("geoct.predict.engine.StreamingBlender", Recording)
+    data.write_scene(tmp_path / "scene.tif", *shape)
+    image = read(tmp_path / "scene.tif")
+    image[:, :9] = 0
+    data.write_raster(tmp_path / "nodata.tif", image, nodata=0)
+    options = PredictOptions(
+        window=window, overlap=overlap, batch_size=3, progress=False, device="cpu"
+    )
+    model = torch.nn.Sequential(data.ColourModel(), _Scale(0.05))
+    for name in ("scene.tif", "nodata.tif"):
+        result = predict_scene(model, data.SPEC, tmp_path / name, options=options)
+        expected = numpy_predict(model, data.SPEC, tmp_path / name, options)
+        np.testing.assert_array_equal(read(result.outputs["classes"])[0], expected["classes"])
+    assert built == [False, True]
+    assert (read(result.outputs["classes"])[0, :9] == CLASS_NODATA).all()
+
+
+def test_blender_without_weight_sums() -> None:
+    grid = WindowGrid(150, 230, (40, 48), (12, 16))
+    rng = np.random.default_rng(4)
+    logits = [rng.standard_normal((4, 40, 48), dtype=np.float32) for _ in range(len(grid))]
+
+    def blend(weights: bool, **budgets) -> np.ndarray:
+        sums = np.full((4, 150, 230), np.nan, np.float32)
+
+        def sink(row: int, col: int, s: torch.Tensor, w: torch.Tensor | None) -> None:
+            assert (w is None) == (not weights)
+            sums[:, row : row + s.shape[1], col : col + s.shape[2]] = s.numpy()
+            if weights:
+                assert (w > 0).all()
+
+        blender = StreamingBlender(grid, 4, sink, weights=weights, **budgets)
+        for lg in logits:
+            blender.push(lg)
+        blender.close()
+        return sums
+
+    with_weights = blend(True)
+    assert not np.isnan(with_weights).any()
+    np.testing.assert_array_equal(blend(False), with_weights)
+    np.testing.assert_array_equal(blend(False, buffer_bytes=4 * 40 * 100 * 4), with_weights)
+    np.testing.assert_array_equal(
+        blend(False, buffer_bytes=4 * 40 * 100 * 4, carry_bytes=0), with_weights
+    )
+    sums = torch.from_numpy(with_weights)
+    np.testing.assert_array_equal(
+        finalise(sums, None, {"classes"})["classes"].numpy(),
+        finalise(sums, torch.ones(150, 230), {"classes"})["classes"].numpy(),
+    )
+    with pytest.raises(ValueError, match="weight sums"):
+        finalise(sums, None, {"classes", "confidence"})
+    blender = StreamingBlender(grid, 4, lambda *a: None, weights=False)
+    with pytest.raises(ValueError, match="masked window"):
+        blender.push(logits[0], np.ones((40, 48), bool))
+
+
 def test_nodata_scene_equals_numpy_pipeline(data: ModuleType, tmp_path: Path) -> None:
     classes = data.class_map(120, 150)
     image = data.COLOURS[classes].transpose(2, 0, 1).copy()
