@@ -269,9 +269,9 @@ class StreamingBlender:
         left = max(col, 0)
         rows, cols = slice(top - row, bottom - row), slice(left - col, right - col)
         weight = self.weight[rows, cols]
-        if valid is not None and not self.weights:
-            raise ValueError("a masked window needs a blender with weight sums")
         if valid is not None:
+            if not self.weights:
+                raise ValueError("a masked window needs a blender with weight sums")
             h, w = bottom - top, right - left
             weight = torch.mul(weight, valid[rows, cols], out=self._weight[:h, :w])
         logits = logits[:, rows, cols]

@@ -11,10 +11,11 @@ from whose pieces each window is cut, clipped to the scene and reflect-padded
 exactly as a windowed read pads it, straight into its slot of a host batch
 (:meth:`Strip.cut`). Pieces are held pixel-interleaved, as the batch slots are
 (GDAL interleaves the bands as it reads them, in the reader threads), so cutting a
-window is a plain copy rather than a transposition. Pieces are read as the windows need them, left to right, a
-few ahead of the window being cut; once the windows of a row have passed a
-piece, it is dropped if no later window row needs its rows, or trimmed to the
-rows later window rows need when that frees at least half of it.
+window is a plain copy rather than a transposition. Pieces are read as the
+windows need them, left to right, a few ahead of the window being cut; once the
+windows of a row have passed a piece, it is dropped if no later window row needs
+its rows, or trimmed to the rows later window rows need when that frees at least
+half of it.
 
 Windows hold the raw values (the scene's dtype, or float32 for dtypes the device
 does not take), the validity mask and the height band; normalisation happens on
