@@ -27,10 +27,11 @@ batch, 20k px scene, ``--confidence``: (b) / (a) >= 0.8. Memory largest / smalle
         --scene-size 20000 --confidence --gpu-memory-sizes 2048   # the GPU target
 """
 
+# ruff: noqa: E402 (the process settings come before torch loads)
+
 import argparse
 import json
 import math
-import os
 import resource
 import statistics
 import subprocess
@@ -39,8 +40,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# As ``geoct predict`` does (geoct.cli.OPENMP_ENV), before torch loads OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from geoct.runtime import tune_for_streaming
+
+# The process settings of ``geoct predict``, before torch loads OpenMP.
+tune_for_streaming()
 
 import numpy as np
 import rasterio

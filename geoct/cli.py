@@ -1,17 +1,15 @@
 """The ``geoct`` command: LightningCLI training verbs plus the GIS verbs."""
 
 import importlib
-import os
 import sys
 from collections.abc import Callable, Sequence
 
 from .errors import GeoctError
+from .runtime import tune_for_streaming
 
-#: OpenMP settings applied (unless already set) before a command loads torch, per command.
-#: ``predict`` runs the model on all cores while its pipeline threads (reading,
-#: blending, writing) share them: OpenMP threads that spin after each parallel region
-#: would take the cores from those threads, so they sleep at once instead.
-OPENMP_ENV: dict[str, dict[str, str]] = {"predict": {"OMP_WAIT_POLICY": "PASSIVE"}}
+#: Commands that stream large arrays through threads: they get the process settings of
+#: :func:`~geoct.runtime.tune_for_streaming` before they load torch.
+STREAMING_COMMANDS = frozenset({"predict"})
 
 #: Sub-command name -> module whose ``main(argv) -> int`` runs it.
 COMMANDS: dict[str, str] = {
@@ -56,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] not in COMMANDS:
         print(f"geoct: error: unknown command {args[0]!r}\n{USAGE}", file=sys.stderr)
         return 2
-    for name, value in OPENMP_ENV.get(args[0], {}).items():
-        os.environ.setdefault(name, value)
+    if args[0] in STREAMING_COMMANDS:
+        tune_for_streaming()
     try:
         return _entry(args[0])(args)
     except GeoctError as e:

@@ -8,11 +8,13 @@ for this window row (no later window of the row touches them), or the row ends,
 they are handed on: their rows above the next window row are final and go to a
 sink, still on the device; the rows below (touched again by the next window row)
 are the *carry*, kept for the next window row. The default chunk covers the whole
-scene width, so a row band is finalised at once and the carry moves up inside the
-buffer; a scene wider than the device budget (:data:`BUFFER_BYTES`) is tiled by
+scene width, so a row band is finalised at once and the carry stays where it is in
+the buffer; a scene wider than the device budget (:data:`BUFFER_BYTES`) is tiled by
 columns, and its carry (``overlap`` rows x scene width) is kept on the device when
 it fits :data:`CARRY_BYTES`, else spilled to a scratch file (page cache or disk,
-not the process).
+not the process). The next window row's windows add their products to the carried
+sums as they reach each column, writing the result to the band's top rows, so the
+carry is never copied back in.
 
 Every pixel accumulates its windows in the same order (raster order) with the same
 float32 operations (``logits * (hann * valid)`` then ``+=``) whatever the chunking
@@ -38,7 +40,8 @@ from .windows import WindowGrid, hann_2d
 BlockSink = Callable[[int, int, torch.Tensor, torch.Tensor | None], None]
 
 #: Largest blending buffer, in bytes, per device type; wider row bands are tiled by columns.
-BUFFER_BYTES = {"cuda": 256 << 20, "cpu": 32 << 20}
+#: On CPU a 4096 px row band of six classes (50 MB) fits, and its carry is not copied.
+BUFFER_BYTES = {"cuda": 256 << 20, "cpu": 64 << 20}
 
 #: Logit bytes blended per operation, per device type: on CPU a chunk of a window's rows
 #: whose product stays in the core's cache; on CUDA the whole window.
@@ -201,6 +204,8 @@ class StreamingBlender:
         self._origin = 0
         self._filled = 0
         self._carry_rows = 0
+        #: Buffer row of the carry's first row while it stays where its window row left it.
+        self._carry_row = 0
 
     def _band(self, i: int) -> tuple[int, int]:
         """Scene rows touched while window row *i* is processed."""
@@ -240,16 +245,28 @@ class StreamingBlender:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     def _extend(self, right: int, band_height: int, zero: bool) -> None:
-        """Prepare buffer columns up to *right*: the carry rows from the previous row, zeros below if *zero*."""
+        """Take buffer columns up to *right*; for a skipped window, its carry rows and zeros below.
+
+        A window that is not skipped adds the carry rows of its new columns as it
+        blends them (:meth:`_add`).
+        """
         if right <= self._filled:
             return
         lo, hi = self._filled - self._origin, right - self._origin
         if zero:
-            self.buffer[:, self._carry_rows : band_height, lo:hi] = 0.0
-        if self._carry_rows and not self.carry_in_buffer:
-            carry = self.store.read(self._filled, self._carry_rows, right - self._filled)
-            self.buffer[:, : self._carry_rows, lo:hi] = carry
+            carry = self._carry_rows
+            if carry and not (self.carry_in_buffer and self._carry_row == 0):
+                source = self._carry_source(self._filled, right - self._filled)
+                self.buffer[:, :carry, lo:hi] = source
+            self.buffer[:, carry:band_height, lo:hi] = 0.0
         self._filled = right
+
+    def _carry_source(self, col: int, cols: int) -> torch.Tensor:
+        """The carry rows of *cols* columns from scene column *col* on, where they are kept."""
+        if not self.carry_in_buffer:
+            return self.store.read(col, self._carry_rows, cols)
+        rows = slice(self._carry_row, self._carry_row + self._carry_rows)
+        return self.buffer[:, rows, col - self._origin : col - self._origin + cols]
 
     def _add(
         self,
@@ -260,10 +277,12 @@ class StreamingBlender:
         first: int,
         right: int,
     ) -> None:
-        """Accumulate a window; columns from *first* on, below the carry rows, are its alone.
+        """Accumulate a window; columns from *first* on are new to the window row.
 
-        Those pixels get ``logits * weight`` and ``weight`` directly (the sum ``0 + x``
-        it replaces is ``x``); the others, touched by an earlier window, add them.
+        Below the carry rows, new pixels get ``logits * weight`` and ``weight``
+        directly (the sum ``0 + x`` it replaces is ``x``); in the carry rows they get
+        the carried sums plus those, written in place of the carry's old copy; the
+        pixels an earlier window of the row touched add them.
         """
         row, col = self.rows[self._i], self.cols[self._j]
         left = max(col, 0)
@@ -276,8 +295,13 @@ class StreamingBlender:
             weight = torch.mul(weight, valid[rows, cols], out=self._weight[:h, :w])
         logits = logits[:, rows, cols]
         carry, own = self._carry_rows, first - left
-        for r0, r1 in self._row_chunks(0, carry, right - left):
-            self._accumulate(logits[:, r0:r1], weight[r0:r1], r0, left)
+        for r0, r1 in self._row_chunks(0, carry, own):
+            self._accumulate(logits[:, r0:r1, :own], weight[r0:r1, :own], r0, left)
+        if carry and right > first:
+            source = self._carry_source(first, right - first)
+            for r0, r1 in self._row_chunks(0, carry, right - first):
+                part = (slice(None), slice(r0, r1), slice(own, None))
+                self._accumulate(logits[part], weight[part[1:]], r0, first, source[:, r0:r1])
         for r0, r1 in self._row_chunks(carry, bottom - top, own):
             self._accumulate(logits[:, r0:r1, :own], weight[r0:r1, :own], r0, left)
         cols = slice(first - self._origin, right - self._origin)
@@ -295,14 +319,27 @@ class StreamingBlender:
         step = max(1, self.chunk_bytes // (self.k * width * 4))
         return [(r, min(r + step, stop)) for r in range(start, stop, step)]
 
-    def _accumulate(self, logits: torch.Tensor, weight: torch.Tensor, row: int, col: int) -> None:
-        """Add ``logits * weight`` (and ``weight``) to the buffer at band row *row*, scene column *col*."""
+    def _accumulate(
+        self,
+        logits: torch.Tensor,
+        weight: torch.Tensor,
+        row: int,
+        col: int,
+        onto: torch.Tensor | None = None,
+    ) -> None:
+        """Add ``logits * weight`` (and ``weight``) at band row *row*, scene column *col*.
+
+        They are added to the buffer's values there, or to *onto* (``(channels, h,
+        w)`` carried sums) with the result written there.
+        """
         h, w = weight.shape
         product = torch.mul(logits, weight, out=self._product[:, :h, :w])
         dst = (slice(row, row + h), slice(col - self._origin, col - self._origin + w))
-        self.buffer[(slice(0, self.k), *dst)] += product
+        sums = self.buffer[(slice(0, self.k), *dst)]
+        torch.add(sums if onto is None else onto[: self.k], product, out=sums)
         if self.weights:
-            self.buffer[(self.k, *dst)] += weight
+            weights = self.buffer[(self.k, *dst)]
+            torch.add(weights if onto is None else onto[self.k], weight, out=weights)
 
     def _finalise_columns(self, j: int, top: int, bottom: int) -> None:
         """Hand on the columns complete after window *j*: final rows to the sink, the rest to the carry."""
@@ -318,8 +355,9 @@ class StreamingBlender:
                 self.store.write(c0, carry)
             elif split - top < bottom - split:
                 self.buffer[:, : bottom - split, :hi] = carry.clone()
+                self._carry_row = 0
             else:
-                self.buffer[:, : bottom - split, :hi] = carry
+                self._carry_row = split - top
         keep = self._filled - c1
         if keep > 0 and hi > 0:
             self.buffer[:, :, :keep] = self.buffer[:, :, hi : hi + keep].clone()
