@@ -52,6 +52,10 @@ GDAL_CACHE_MB = 8
 #: Batch size on CPU when none is given.
 CPU_BATCH_SIZE = 4
 
+#: Windows in the first batch on CPU: the model starts on the scene's first window
+#: instead of waiting for a whole batch to be read and normalised.
+CPU_FIRST_BATCH = 1
+
 #: Largest automatic batch size on CUDA.
 MAX_AUTO_BATCH_SIZE = 64
 
@@ -363,11 +367,13 @@ def _read_windows(
     stop: threading.Event,
     consumer: _Worker | None = None,
     prepare: Any = None,
+    first: int = 0,
 ) -> None:
     """Batching thread: cut the windows of each strip into host batches, in raster order.
 
     *prepare*, if given, is called with each filled batch before it is handed on
     (on CPU: normalisation, which then overlaps the model's work on the previous batch).
+    The first batch is handed on with *first* windows, if given, rather than full.
     """
     with strips:
         batch = pool.take(stop)
@@ -377,7 +383,8 @@ def _read_windows(
                     return
                 strip.cut(col, *batch.slot())
                 batch.keep()
-                if batch.full:
+                if batch.full or 0 < first == batch.count:
+                    first = 0
                     if prepare is not None:
                         prepare(batch)
                     if not _put(out, batch, stop, consumer):
@@ -578,8 +585,10 @@ def _stream(
     normalise = InputNormaliser(reader.mean, reader.inv_std, device)
     copies = torch.cuda.Stream(device) if predictor.cuda else None
     prepare = None if predictor.cuda else _cpu_prepare(normalise, times)
+    first = 0 if predictor.cuda else CPU_FIRST_BATCH
     preparing = _Worker(
-        lambda: _read_windows(strips, grid, pool, ready, stop, prepare=prepare), "batcher"
+        lambda: _read_windows(strips, grid, pool, ready, stop, prepare=prepare, first=first),
+        "batcher",
     )
     blends: queue.Queue = queue.Queue(maxsize=2 if predictor.cuda else 1)
     give = None if predictor.cuda else pool.give

@@ -353,3 +353,18 @@ def test_dsm_on_the_scene_grid_with_another_extent_is_read_at_an_offset(
     np.testing.assert_array_equal(read(big.outputs["classes"])[0], expected)
     expected[:, 30:] = 255
     np.testing.assert_array_equal(read(left.outputs["classes"])[0], expected)
+
+
+def test_cpu_model_starts_on_the_first_window(data: ModuleType, tmp_path: Path) -> None:
+    """On CPU the first batch holds one window, so the model starts on the scene's first
+    window; the others come in full batches, and the result is exact."""
+    truth = data.write_scene(tmp_path / "scene.tif", 150, 230)
+    sizes: list[int] = []
+    model = data.ColourModel()
+    model.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))
+    options = PredictOptions(window=64, overlap=16, progress=False, batch_size=3, device="cpu")
+    result = predict_scene(model, data.SPEC, tmp_path / "scene.tif", options=options)
+    np.testing.assert_array_equal(read(result.outputs["classes"])[0], truth)
+    assert sizes[0] == 1
+    assert sizes[1:-1] == [3] * (len(sizes) - 2)
+    assert sum(sizes) == result.windows
