@@ -13,7 +13,7 @@ user already set them:
   threshold are unmapped, and the top of the heap is trimmed once enough of it is
   free. The next batch's blocks are then fresh pages that the kernel maps and
   zeroes again, one page fault per 4 KiB. On the 4096 px null-model benchmark that
-  was 60 to 125 thousand faults per scene and about a tenth of the run's CPU time.
+  was 53 to 135 thousand faults per scene and about a tenth of the run's CPU time.
   With mmap off and the heap's top kept (:data:`MALLOC_OPTIONS`), freed blocks stay
   in the heap and most are reused (there, about 16 thousand faults per scene): the
   process keeps its peak memory, which prediction keeps flat in the scene size,
