@@ -6,17 +6,23 @@ from geoct.predict.accumulator import StreamingBlender
 from geoct.predict.windows import WindowGrid, hann_2d
 
 
-def naive_blend(grid: WindowGrid, logits: list[np.ndarray], valid: list[np.ndarray]):
-    """Whole-scene reference: pad, accumulate every window, crop."""
+def naive_blend(grid: WindowGrid, windows: list, dtype: type = np.float64):
+    """Whole-scene reference: pad, accumulate ``logits * w`` window by window from zero, crop.
+
+    *windows* holds ``(logits, valid)`` in raster order, ``logits`` ``None`` for a
+    skipped window; in float32 the sums are those of a raster-order float32 blend.
+    """
     wh, ww = grid.window
     pad = max(wh, ww) * 2
-    k = logits[0].shape[0]
-    sums = np.zeros((k, grid.height + 2 * pad, grid.width + 2 * pad), np.float64)
-    weights = np.zeros(sums.shape[1:], np.float64)
-    it = iter(zip(logits, valid, strict=True))
+    k = next(lg for lg, _ in windows if lg is not None).shape[0]
+    sums = np.zeros((k, grid.height + 2 * pad, grid.width + 2 * pad), dtype)
+    weights = np.zeros(sums.shape[1:], dtype)
+    it = iter(windows)
     for r in grid.rows:
         for c in grid.cols:
             lg, v = next(it)
+            if lg is None:
+                continue
             w = hann_2d(wh, ww) * v
             sl = (slice(r + pad, r + pad + wh), slice(c + pad, c + pad + ww))
             sums[(slice(None), *sl)] += lg * w
@@ -51,7 +57,7 @@ def test_streaming_equals_whole_scene_blend(shape, window, overlap) -> None:
         blender.push(lg, v)
     blender.close()
     assert blender.done
-    ref_sums, ref_weights = naive_blend(grid, logits, valid)
+    ref_sums, ref_weights = naive_blend(grid, list(zip(logits, valid, strict=True)))
     np.testing.assert_allclose(weights, ref_weights, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(sums, ref_sums, rtol=1e-4, atol=1e-4)
 
@@ -67,27 +73,6 @@ def test_skipped_windows_leave_zero_weight() -> None:
     for _ in range(len(grid)):
         blender.push(None, None)
     assert (weights == 0).all()
-
-
-def float32_blend(grid: WindowGrid, windows: list) -> tuple[np.ndarray, np.ndarray]:
-    """Raster-order float32 reference: ``sums += logits * w`` window by window, from zero."""
-    wh, ww = grid.window
-    pad = max(wh, ww) * 2
-    k = next(lg for lg, _ in windows if lg is not None).shape[0]
-    sums = np.zeros((k, grid.height + 2 * pad, grid.width + 2 * pad), np.float32)
-    weights = np.zeros(sums.shape[1:], np.float32)
-    it = iter(windows)
-    for r in grid.rows:
-        for c in grid.cols:
-            lg, v = next(it)
-            if lg is None:
-                continue
-            w = hann_2d(wh, ww) * v
-            sl = (slice(r + pad, r + pad + wh), slice(c + pad, c + pad + ww))
-            sums[(slice(None), *sl)] += lg * w
-            weights[sl] += w
-    crop = (slice(pad, pad + grid.height), slice(pad, pad + grid.width))
-    return sums[(slice(None), *crop)], weights[crop]
 
 
 @pytest.mark.parametrize(
@@ -127,6 +112,6 @@ def test_carried_sums_equal_float32_raster_order_blend(window, overlap, budgets)
         blender.push(lg, v)
     assert blender.done
     blender.close()
-    ref_sums, ref_weights = float32_blend(grid, windows)
+    ref_sums, ref_weights = naive_blend(grid, windows, np.float32)
     np.testing.assert_array_equal(sums, ref_sums)
     np.testing.assert_array_equal(weights, ref_weights)
