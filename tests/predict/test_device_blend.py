@@ -8,7 +8,7 @@ import pytest
 import rasterio
 import torch
 
-from geoct.predict.accumulator import StreamingBlender
+from geoct.predict.accumulator import BUFFER_BYTES, CARRY_BYTES, StreamingBlender
 from geoct.predict.device_blend import (
     InputNormaliser,
     finalise,
@@ -99,6 +99,33 @@ def test_pipeline_equals_numpy_pipeline_bit_for_bit(
     np.testing.assert_array_equal(read(result.outputs["classes"])[0], expected["classes"])
     np.testing.assert_array_equal(read(result.outputs["confidence"])[0], expected["confidence"])
     np.testing.assert_array_equal(read(result.outputs["probabilities"]), expected["probabilities"])
+
+
+@pytest.mark.parametrize("carry_bytes", [32 << 20, 0])
+def test_scene_wider_than_the_buffer_is_tiled_and_exact(
+    data: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, carry_bytes: int
+) -> None:
+    """Past the blending buffer a row band is tiled by columns (carry on the device, or in a file)."""
+    tiled = []
+
+    class Recording(StreamingBlender):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            tiled.append((not self.carry_in_buffer, type(self.store).__name__))
+
+    monkeypatch.setattr("geoct.predict.engine.StreamingBlender", Recording)
+    monkeypatch.setitem(BUFFER_BYTES, "cpu", 8 * 64 * 150 * 4)
+    monkeypatch.setitem(CARRY_BYTES, "cpu", carry_bytes)
+    data.write_scene(tmp_path / "scene.tif", 217, 300)
+    options = PredictOptions(
+        window=64, overlap=16, batch_size=3, progress=False, confidence=True, device="cpu"
+    )
+    model = data.ColourModel()
+    result = predict_scene(model, data.SPEC, tmp_path / "scene.tif", options=options)
+    expected = numpy_predict(model, data.SPEC, tmp_path / "scene.tif", options)
+    assert tiled == [(True, "DeviceCarry" if carry_bytes else "CarryStore")]
+    np.testing.assert_array_equal(read(result.outputs["classes"])[0], expected["classes"])
+    np.testing.assert_array_equal(read(result.outputs["confidence"])[0], expected["confidence"])
 
 
 @pytest.mark.parametrize("shape, window, overlap", [((217, 300), 37, 5), ((30, 45), 64, 16)])
