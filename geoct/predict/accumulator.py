@@ -103,7 +103,7 @@ class CarryStore:
     def write(self, col: int, data: torch.Tensor) -> None:
         """Store ``(channels, rows, cols)`` *data* for columns starting at *col*."""
         channels, max_rows = self.record
-        records = np.zeros((data.shape[2], channels, max_rows), dtype=np.float32)
+        records = np.empty((data.shape[2], channels, max_rows), dtype=np.float32)
         records[:, :, : data.shape[1]] = data.cpu().numpy().transpose(2, 0, 1)
         os.pwrite(self.file.fileno(), records, col * channels * max_rows * 4)
 
@@ -115,7 +115,8 @@ class CarryStore:
         n = os.preadv(self.file.fileno(), [view], col * channels * max_rows * 4)
         if n != view.nbytes:
             raise OSError("short read from the carry scratch file")
-        return torch.from_numpy(records[:, :, :rows].transpose(1, 2, 0)).to(self.device)
+        planar = np.ascontiguousarray(records[:, :, :rows].transpose(1, 2, 0))
+        return torch.from_numpy(planar).to(self.device)
 
     def close(self) -> None:
         """Delete the scratch file."""
