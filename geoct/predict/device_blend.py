@@ -256,7 +256,10 @@ class InputNormaliser:
 
     The model sees ``(x - mean) * inv_std`` per band in float32 (the height band
     last), zero at nodata pixels and wherever a value is not finite, in
-    channels-last layout.
+    channels-last layout. On CPU, integer bands are first converted to float32 and
+    then shifted: torch's subtraction of mixed types takes a slower, unvectorised
+    loop, and the conversion is exact (int32 rounds as the mixed subtraction
+    rounds it), so the values are the same.
     """
 
     def __init__(self, mean: np.ndarray, inv_std: np.ndarray, device: torch.device) -> None:
@@ -305,10 +308,16 @@ class InputNormaliser:
             run = self._mean_run.numel()
             pixels = image.permute(0, 2, 3, 1).view(-1, run)
             out = x.permute(0, 2, 3, 1).view(-1, run)
-            step = len(out) if image.device.type != "cpu" else CPU_CHUNK_PIXELS // run
+            cpu = image.device.type == "cpu"
+            step = CPU_CHUNK_PIXELS // run if cpu else len(out)
+            cast = cpu and image.dtype != torch.float32
             for r in range(0, len(out), step):
                 chunk = out[r : r + step]
-                torch.sub(pixels[r : r + step], self._mean_run, out=chunk)
+                if cast:
+                    chunk.copy_(pixels[r : r + step])
+                    chunk -= self._mean_run
+                else:
+                    torch.sub(pixels[r : r + step], self._mean_run, out=chunk)
                 chunk *= self._inv_std_run
         else:
             torch.sub(image, self.mean[:, :c], out=x[:, :c])

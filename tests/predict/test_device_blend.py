@@ -306,13 +306,18 @@ def test_column_tiled_blend_and_carry_file_are_exact() -> None:
     np.testing.assert_array_equal(whole[1], tiled[1])
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "int32", "float32"])
 @pytest.mark.parametrize("with_height", [False, True])
 def test_normaliser_equals_numpy(dtype: str, with_height: bool) -> None:
+    """Every band type the device takes; int32 beyond 2**24, where float32 rounds it."""
     rng = np.random.default_rng(2)
-    raw = (rng.random((3, 4, 16, 20)) * 1000).astype(dtype)
+    shape = (3, 4, 16, 20)
     if dtype == "float32":
+        raw = (rng.random(shape) * 1000).astype(dtype)
         raw[0, 1, 2, 3] = np.nan
+    else:
+        info = np.iinfo(dtype)
+        raw = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
     height = rng.standard_normal((3, 16, 20)).astype(np.float32) if with_height else None
     valid = rng.random((3, 16, 20)) > 0.1
     channels = 5 if with_height else 4
