@@ -256,10 +256,10 @@ class InputNormaliser:
 
     The model sees ``(x - mean) * inv_std`` per band in float32 (the height band
     last), zero at nodata pixels and wherever a value is not finite, in
-    channels-last layout. On CPU, integer bands are first converted to float32 and
-    then shifted: torch's subtraction of mixed types takes a slower, unvectorised
-    loop, and the conversion is exact (int32 rounds as the mixed subtraction
-    rounds it), so the values are the same.
+    channels-last layout. Pixel-interleaved integer bands on CPU are first converted
+    to float32 and then shifted: torch's subtraction of mixed types takes a slower,
+    unvectorised loop, and the conversion rounds as that subtraction does (exact but
+    for int32 beyond 2**24), so the values are the same.
     """
 
     def __init__(self, mean: np.ndarray, inv_std: np.ndarray, device: torch.device) -> None:
