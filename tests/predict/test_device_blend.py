@@ -277,35 +277,6 @@ def test_cpu_comparison_and_cast_equal_torch() -> None:
     np.testing.assert_array_equal(to_uint8(p).numpy(), torch.round(p * 255.0).to(torch.uint8))
 
 
-def test_column_tiled_blend_and_carry_file_are_exact() -> None:
-    grid = WindowGrid(150, 230, (40, 48), (12, 16))
-    rng = np.random.default_rng(1)
-    logits = [rng.standard_normal((4, 40, 48), dtype=np.float32) for _ in range(len(grid))]
-    valid = [rng.random((40, 48)) > 0.2 for _ in range(len(grid))]
-
-    def blend(**budgets) -> tuple[np.ndarray, np.ndarray]:
-        sums = np.full((4, 150, 230), np.nan, np.float32)
-        weights = np.full((150, 230), np.nan, np.float32)
-
-        def sink(row: int, col: int, s: torch.Tensor, w: torch.Tensor) -> None:
-            assert np.isnan(weights[row : row + w.shape[0], col : col + w.shape[1]]).all()
-            sums[:, row : row + w.shape[0], col : col + w.shape[1]] = s.numpy()
-            weights[row : row + w.shape[0], col : col + w.shape[1]] = w.numpy()
-
-        blender = StreamingBlender(grid, 4, sink, **budgets)
-        for lg, v in zip(logits, valid, strict=True):
-            blender.push(lg, v)
-        assert blender.done
-        blender.close()
-        return sums, weights
-
-    whole = blend()
-    tiled = blend(buffer_bytes=5 * 40 * 100 * 4, carry_bytes=0)
-    assert not np.isnan(whole[1]).any()
-    np.testing.assert_array_equal(whole[0], tiled[0])
-    np.testing.assert_array_equal(whole[1], tiled[1])
-
-
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "int32", "float32"])
 @pytest.mark.parametrize("with_height", [False, True])
 def test_normaliser_equals_numpy(dtype: str, with_height: bool) -> None:
